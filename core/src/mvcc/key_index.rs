@@ -1,0 +1,34 @@
+use super::revision::Revision;
+use crate::pb::mvccpb::KeyValue;
+
+/// The history of one key: every change at its revision, oldest first. A `None` value is a
+/// delete (tombstone), which ends the key's current generation.
+///
+/// Invariant: revisions strictly increase.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyHistory {
+    changes: Vec<(Revision, Option<KeyValue>)>,
+}
+
+impl KeyHistory {
+    /// The key's value as of store revision `rev`, if it existed then.
+    pub(crate) fn at(&self, rev: i64) -> Option<&KeyValue> {
+        let n = self.changes.partition_point(|(r, _)| r.main <= rev);
+        if n == 0 {
+            return None;
+        }
+        self.changes[n - 1].1.as_ref()
+    }
+
+    /// The key's current value, if it exists now.
+    pub(crate) fn live(&self) -> Option<&KeyValue> {
+        self.changes.last().and_then(|(_, kv)| kv.as_ref())
+    }
+
+    pub(crate) fn record(&mut self, rev: Revision, kv: Option<KeyValue>) {
+        if let Some((last, _)) = self.changes.last() {
+            assert!(rev > *last, "key history must grow: {rev:?} after {last:?}");
+        }
+        self.changes.push((rev, kv));
+    }
+}

@@ -1,0 +1,21 @@
+//! Types generated from Keel's `.proto` files: etcd's wire API and Keel's internal records.
+#![allow(clippy::all, missing_docs, non_snake_case, non_camel_case_types)]
+
+pub mod mvccpb {
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+}
+pub mod authpb {
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+}
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}
+pub mod keelpb {
+    include!(concat!(env!("OUT_DIR"), "/keelpb.rs"));
+}

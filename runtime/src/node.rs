@@ -1,0 +1,362 @@
+//! The tokio driver: one task owns the Raft node, the WAL and the state machine. It ticks the
+//! node, takes proposals and reads from a bounded channel in batches (so one WAL sync serves
+//! many clients), handles each `Ready` with [`handle_ready`], and answers clients once their
+//! entry is applied (writes) or the applied index reaches their read point (reads).
+
+use crate::backend::Backend;
+use crate::ready::handle_ready;
+use crate::recover::Recovered;
+use keel_core::mvcc::MvccError;
+use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
+use keel_core::pb::keelpb::{request::Op, Request};
+use keel_core::raft::{MemStorage, ProposeError, RawNode, StateRole};
+use keel_core::state_machine::{Applied, ApplyError, StateMachine, WriteResponse};
+use prost::Message as _;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Bound on commands queued for the node task; senders wait beyond it (backpressure).
+pub const COMMAND_QUEUE_MAX: usize = 4096;
+/// Bound on commands taken in one batch (one Ready, one WAL sync).
+pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// Bound on proposals waiting for their entry to apply.
+pub const PENDING_WRITES_MAX: usize = 16 * 1024;
+/// Bound on reads waiting for their read point.
+pub const PENDING_READS_MAX: usize = 16 * 1024;
+
+/// Failures a client sees; the server maps them to etcd's gRPC codes and messages.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+}
+
+/// A point-in-time view of the node, for Status and MemberList.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub header: ResponseHeader,
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub raft_applied_index: u64,
+    pub wal_bytes: u64,
+    pub members: Vec<Member>,
+}
+
+enum Command {
+    Propose {
+        op: Op,
+        reply: oneshot::Sender<Result<WriteResponse, RequestError>>,
+    },
+    Range {
+        req: RangeRequest,
+        reply: oneshot::Sender<Result<RangeResponse, RequestError>>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+}
+
+/// The clients' side of the node task. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+impl NodeHandle {
+    pub async fn propose(&self, op: Op) -> Result<WriteResponse, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Propose { op, reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// A linearizable read (through ReadIndex), or a serializable one if the request says so.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Range { req, reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub tick: Duration,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+type RangeReply = (
+    RangeRequest,
+    oneshot::Sender<Result<RangeResponse, RequestError>>,
+);
+
+struct Driver<B: Backend> {
+    cfg: DriverConfig,
+    node: RawNode<MemStorage>,
+    wal: crate::wal::Wal<B>,
+    sm: StateMachine,
+    /// Proposals by request id, waiting for their entry to apply.
+    writes: HashMap<u64, oneshot::Sender<Result<WriteResponse, RequestError>>>,
+    /// Reads collected in this batch; they share one ReadIndex.
+    new_reads: Vec<RangeReply>,
+    /// Read batches by ReadIndex context, waiting for their read state.
+    reads_by_ctx: HashMap<u64, Vec<RangeReply>>,
+    /// Read batches whose read point is known, waiting for the applied index to reach it.
+    reads_by_index: BTreeMap<u64, Vec<RangeReply>>,
+    pending_reads: usize,
+    next_seq: u64,
+}
+
+/// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
+/// fails; the returned join handle yields the reason it stopped.
+pub fn spawn<B: Backend + 'static>(
+    recovered: Recovered<B>,
+    cfg: DriverConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
+    let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let handle = NodeHandle {
+        tx,
+        member_id: cfg.member_id,
+        cluster_id: cfg.cluster_id,
+    };
+    let mut d = Driver {
+        cfg,
+        node: recovered.node,
+        wal: recovered.wal,
+        sm: recovered.sm,
+        writes: HashMap::new(),
+        new_reads: Vec::new(),
+        reads_by_ctx: HashMap::new(),
+        reads_by_index: BTreeMap::new(),
+        pending_reads: 0,
+        next_seq: 0,
+    };
+    let join = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(d.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => d.node.tick(),
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    d.handle(cmd);
+                    for _ in 1..BATCH_COMMANDS_MAX {
+                        match rx.try_recv() {
+                            Ok(cmd) => d.handle(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+            d.issue_read_index();
+            if let Err(e) = d.drain_ready() {
+                tracing::error!(error = %e, "stopping the node: the WAL failed");
+                return Err(e);
+            }
+        }
+    });
+    (handle, join)
+}
+
+impl<B: Backend> Driver<B> {
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cfg.cluster_id,
+            member_id: self.cfg.member_id,
+            revision: self.sm.store.revision(),
+            raft_term: self.node.term(),
+        }
+    }
+
+    /// A request id unique across restarts: the term (durable and growing) in the high bits.
+    fn next_id(&mut self) -> u64 {
+        self.next_seq += 1;
+        (self.node.term() << 40) | (self.next_seq & ((1 << 40) - 1))
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Propose { op, reply } => {
+                if self.writes.len() >= PENDING_WRITES_MAX {
+                    let _ = reply.send(Err(RequestError::TooManyRequests));
+                    return;
+                }
+                let id = self.next_id();
+                let data = Request { id, op: Some(op) }.encode_to_vec();
+                match self.node.propose(data.into()) {
+                    Ok(_) => {
+                        self.writes.insert(id, reply);
+                    }
+                    Err(ProposeError::NotLeader) => {
+                        let _ = reply.send(Err(RequestError::NoLeader));
+                    }
+                    Err(ProposeError::UncommittedLimit) => {
+                        let _ = reply.send(Err(RequestError::TooManyRequests));
+                    }
+                }
+            }
+            Command::Range { req, reply } => {
+                if req.serializable {
+                    let _ = reply.send(self.serve_range(&req));
+                } else if self.pending_reads >= PENDING_READS_MAX {
+                    let _ = reply.send(Err(RequestError::TooManyRequests));
+                } else {
+                    self.pending_reads += 1;
+                    self.new_reads.push((req, reply));
+                }
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(NodeStatus {
+                    header: self.header(),
+                    leader: self.node.leader(),
+                    raft_index: self.node.last_index(),
+                    raft_term: self.node.term(),
+                    raft_applied_index: self.node.applied(),
+                    wal_bytes: self.wal.len(),
+                    members: self.sm.members().cloned().collect(),
+                });
+            }
+        }
+    }
+
+    fn serve_range(&self, req: &RangeRequest) -> Result<RangeResponse, RequestError> {
+        let mut resp = self.sm.store.range(req)?;
+        resp.header = Some(self.header());
+        Ok(resp)
+    }
+
+    fn issue_read_index(&mut self) {
+        if self.new_reads.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.new_reads);
+        let ctx = self.next_id();
+        match self.node.read_index(ctx.to_be_bytes().to_vec().into()) {
+            Ok(()) => {
+                self.reads_by_ctx.insert(ctx, batch);
+            }
+            Err(_) => {
+                self.pending_reads -= batch.len();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(RequestError::NoLeader));
+                }
+            }
+        }
+    }
+
+    fn drain_ready(&mut self) -> Result<(), String> {
+        while self.node.has_ready() {
+            // A sole voter has no peers to send to; the peer transport comes with issue #7.
+            let outcome = handle_ready(&mut self.node, &mut self.wal, &mut self.sm, &mut |_m| {})
+                .map_err(|e| e.to_string())?;
+            for (_, effect) in outcome.applied {
+                if let Applied::Write { request_id, result } = effect {
+                    if let Some(reply) = self.writes.remove(&request_id) {
+                        let result = result.map_err(RequestError::from).map(|mut r| {
+                            let header = Some(self.header_at_apply(&r));
+                            match &mut r {
+                                WriteResponse::Put(p) => p.header = header,
+                                WriteResponse::DeleteRange(d) => d.header = header,
+                            }
+                            r
+                        });
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            for rs in outcome.read_states {
+                let ctx =
+                    u64::from_be_bytes(rs.request_ctx[..].try_into().expect("8-byte read ctx"));
+                if let Some(batch) = self.reads_by_ctx.remove(&ctx) {
+                    self.reads_by_index
+                        .entry(rs.index)
+                        .or_default()
+                        .extend(batch);
+                }
+            }
+            if let Some(ss) = outcome.soft_state {
+                tracing::info!(term = self.node.term(), leader = ss.lead, role = ?ss.role, "raft state changed");
+                if ss.role != StateRole::Leader {
+                    self.fail_pending(RequestError::NoLeader);
+                }
+            }
+            self.serve_ready_reads();
+        }
+        Ok(())
+    }
+
+    /// The header of a write's reply: the revision is the one the write made, as etcd reports.
+    fn header_at_apply(&self, r: &WriteResponse) -> ResponseHeader {
+        let revision = match r {
+            WriteResponse::Put(p) => p.header.as_ref().map(|h| h.revision),
+            WriteResponse::DeleteRange(d) => d.header.as_ref().map(|h| h.revision),
+        };
+        ResponseHeader {
+            revision: revision.unwrap_or_else(|| self.sm.store.revision()),
+            ..self.header()
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        let applied = self.sm.applied_index();
+        while let Some(entry) = self.reads_by_index.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for (req, reply) in entry.remove() {
+                self.pending_reads -= 1;
+                let _ = reply.send(self.serve_range(&req));
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, err: RequestError) {
+        for (_, reply) in self.writes.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+        let batches = self
+            .reads_by_ctx
+            .drain()
+            .map(|(_, b)| b)
+            .chain(std::mem::take(&mut self.reads_by_index).into_values());
+        for batch in batches.collect::<Vec<_>>() {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        self.pending_reads = self.new_reads.len();
+    }
+}

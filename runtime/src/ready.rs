@@ -1,0 +1,75 @@
+//! The handling of one `Ready`, shared by the tokio driver and the simulator.
+
+use crate::backend::Backend;
+use crate::wal::{Wal, WalError};
+use keel_core::raft::{MemStorage, Message, RawNode, ReadState, SoftState};
+use keel_core::state_machine::{Applied, StateMachine};
+
+/// What one `Ready` produced for the driver to act on.
+#[derive(Debug, Default)]
+pub struct ReadyOutcome {
+    /// Each applied entry's index and effect, in log order.
+    pub applied: Vec<(u64, Applied)>,
+    pub read_states: Vec<ReadState>,
+    pub soft_state: Option<SoftState>,
+    /// Whether this Ready synced the WAL (for group-commit accounting).
+    pub synced: bool,
+}
+
+/// Handles the node's next `Ready`, in the order its contract requires: send what needs nothing
+/// durable, persist (one write, one sync for the whole batch), send what needed persistence,
+/// apply committed entries, advance. Returns what was applied so the driver can answer clients.
+///
+/// A WAL error leaves the node un-advanced; the driver must stop, since memory and disk no
+/// longer agree.
+pub fn handle_ready<B: Backend>(
+    node: &mut RawNode<MemStorage>,
+    wal: &mut Wal<B>,
+    sm: &mut StateMachine,
+    send: &mut dyn FnMut(Message),
+) -> Result<ReadyOutcome, WalError> {
+    let mut rd = node.ready();
+    for m in rd.messages.drain(..) {
+        send(m);
+    }
+
+    // A changed term or vote must be durable before anyone hears of it; a changed commit index
+    // alone need not be (it is re-learned from the leader or re-derived by a new election), so
+    // it rides along with the next synced batch, as in etcd.
+    let prev = node.store().hard_state().clone();
+    let vote_changed = rd
+        .hard_state
+        .as_ref()
+        .is_some_and(|hs| hs.term != prev.term || hs.vote != prev.vote);
+    let sync = vote_changed || !rd.entries.is_empty();
+    if let Some(hs) = &rd.hard_state {
+        wal.append_hard_state(hs);
+    }
+    wal.append_entries(&rd.entries);
+    wal.flush(sync)?;
+    node.store_mut().append(&rd.entries);
+    if let Some(hs) = &rd.hard_state {
+        node.store_mut().set_hard_state(hs.clone());
+    }
+
+    for m in rd.persisted_messages.drain(..) {
+        send(m);
+    }
+
+    let mut applied = Vec::with_capacity(rd.committed_entries.len());
+    for entry in &rd.committed_entries {
+        let effect = sm.apply(entry);
+        if let Applied::ConfChange { voters } = &effect {
+            node.apply_voters(voters.clone());
+        }
+        applied.push((entry.index, effect));
+    }
+    let outcome = ReadyOutcome {
+        applied,
+        read_states: std::mem::take(&mut rd.read_states),
+        soft_state: rd.soft_state,
+        synced: sync,
+    };
+    node.advance(rd);
+    Ok(outcome)
+}

@@ -1,0 +1,315 @@
+//! etcd's server flags, as far as Keel implements them, and what they resolve to.
+
+use clap::Parser;
+use keel_core::ids;
+use keel_core::pb::etcdserverpb::Member;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: an etcd-compatible, Raft-replicated key-value store"
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ${name}.keel].
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// List of URLs to listen on for client traffic.
+    #[arg(long = "listen-client-urls", default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// List of this member's client URLs to advertise to the rest of the cluster.
+    #[arg(
+        long = "advertise-client-urls",
+        default_value = "http://localhost:2379"
+    )]
+    pub advertise_client_urls: String,
+    /// List of URLs to listen on for peer traffic.
+    #[arg(long = "listen-peer-urls", default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping [default: ${name}=${initial-advertise-peer-urls}].
+    #[arg(long = "initial-cluster")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long = "initial-cluster-state", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long = "initial-cluster-token", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long = "heartbeat-interval", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long = "election-timeout", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long = "max-request-bytes", default_value_t = 1572864)]
+    pub max_request_bytes: usize,
+    /// Log level: debug, info, warn, error.
+    #[arg(long = "log-level", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid URL {0:?}: expected http://host:port")]
+    BadUrl(String),
+    #[error("{0:?}: TLS is not supported yet; use http://")]
+    Tls(String),
+    #[error("invalid --initial-cluster entry {0:?}: expected name=url")]
+    BadCluster(String),
+    #[error("--initial-cluster has no member named {name:?} (this member's --name)")]
+    NotInCluster { name: String },
+    #[error(
+        "--initial-cluster has {name}={cluster:?} but --initial-advertise-peer-urls has {advertised:?}; they must match"
+    )]
+    PeerUrlsMismatch {
+        name: String,
+        cluster: Vec<String>,
+        advertised: Vec<String>,
+    },
+    #[error("--initial-cluster names {0} members: multi-member clusters come with Keel's cluster server (issue #7)")]
+    MultiMember(usize),
+    #[error("--initial-cluster-state=existing (joining a running cluster) is not supported yet (issue #7)")]
+    Existing,
+    #[error("--heartbeat-interval must be positive and --election-timeout at least 2x it")]
+    Timeouts,
+    #[error("cannot resolve {0:?}")]
+    Resolve(String),
+}
+
+/// Flags turned into what the server needs.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub data_dir: PathBuf,
+    pub client_addrs: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub advertise_peer_urls: Vec<String>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub initial_members: Vec<Member>,
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `http://host:port` to a socket address; `localhost` is the IPv4 loopback, as etcd binds it.
+pub fn url_to_addr(url: &str) -> Result<SocketAddr, ConfigError> {
+    if url.starts_with("https://") || url.starts_with("unixs://") {
+        return Err(ConfigError::Tls(url.to_string()));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ConfigError::BadUrl(url.to_string()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host == "localhost" {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ConfigError::Resolve(url.to_string()))
+}
+
+impl Config {
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        if self.heartbeat_interval == 0 || self.election_timeout < 2 * self.heartbeat_interval {
+            return Err(ConfigError::Timeouts);
+        }
+        if self.initial_cluster_state == "existing" {
+            return Err(ConfigError::Existing);
+        }
+        let advertise_peer_urls = split_urls(&self.initial_advertise_peer_urls);
+        for u in &advertise_peer_urls {
+            url_to_addr(u)?;
+        }
+        let cluster = self.initial_cluster.clone().unwrap_or_else(|| {
+            format!(
+                "{}={}",
+                self.name,
+                advertise_peer_urls.join(&format!(",{}=", self.name))
+            )
+        });
+        // name=url pairs; a member with several peer URLs is named once per URL.
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        for part in cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadCluster(part.to_string()))?;
+            url_to_addr(url)?;
+            match members.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => members.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        let Some((_, cluster_urls)) = members.iter().find(|(n, _)| *n == self.name) else {
+            return Err(ConfigError::NotInCluster {
+                name: self.name.clone(),
+            });
+        };
+        let (mut a, mut b) = (cluster_urls.clone(), advertise_peer_urls.clone());
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(ConfigError::PeerUrlsMismatch {
+                name: self.name.clone(),
+                cluster: cluster_urls.clone(),
+                advertised: advertise_peer_urls.clone(),
+            });
+        }
+        if members.len() > 1 {
+            return Err(ConfigError::MultiMember(members.len()));
+        }
+        let initial_members: Vec<Member> = members
+            .iter()
+            .map(|(name, urls)| Member {
+                id: ids::member_id(urls, &self.initial_cluster_token),
+                name: name.clone(),
+                peer_ur_ls: urls.clone(),
+                client_ur_ls: Vec::new(),
+                is_learner: false,
+            })
+            .collect();
+        let member_id = ids::member_id(&advertise_peer_urls, &self.initial_cluster_token);
+        let cluster_id = ids::cluster_id(&initial_members.iter().map(|m| m.id).collect::<Vec<_>>());
+        for u in split_urls(&self.listen_peer_urls) {
+            url_to_addr(&u)?;
+        }
+        let client_addrs = split_urls(&self.listen_client_urls)
+            .iter()
+            .map(|u| url_to_addr(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        if client_addrs.is_empty() {
+            return Err(ConfigError::BadUrl(self.listen_client_urls.clone()));
+        }
+        let advertise_client_urls = split_urls(&self.advertise_client_urls);
+        for u in &advertise_client_urls {
+            url_to_addr(u)?;
+        }
+        Ok(Resolved {
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name))),
+            client_addrs,
+            advertise_client_urls,
+            advertise_peer_urls,
+            member_id,
+            cluster_id,
+            initial_members,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("keel").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = parse(&[]).unwrap();
+        let r = c.resolve().unwrap();
+        assert_eq!(r.data_dir, PathBuf::from("default.keel"));
+        assert_eq!(r.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(r.initial_members.len(), 1);
+        assert_eq!(
+            r.initial_members[0].peer_ur_ls,
+            vec!["http://localhost:2380".to_string()]
+        );
+        assert_eq!(
+            r.member_id,
+            ids::member_id(&["http://localhost:2380".to_string()], "etcd-cluster")
+        );
+    }
+
+    #[test]
+    fn unknown_flag_is_an_error() {
+        let err = parse(&["--no-such-flag", "x"]).unwrap_err();
+        assert!(err.to_string().contains("--no-such-flag"), "{err}");
+    }
+
+    #[test]
+    fn procfile_member_gets_etcds_id() {
+        let c = parse(&[
+            "--name",
+            "infra1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:12380",
+            "--initial-cluster",
+            "infra1=http://127.0.0.1:12380",
+            "--initial-cluster-token",
+            "etcd-cluster-1",
+        ])
+        .unwrap();
+        assert_eq!(
+            format!("{:x}", c.resolve().unwrap().member_id),
+            "8211f1d0f64f3269"
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        let c = parse(&["--initial-cluster", "other=http://localhost:2380"]).unwrap();
+        assert_eq!(
+            c.resolve().unwrap_err(),
+            ConfigError::NotInCluster {
+                name: "default".into()
+            }
+        );
+        let c = parse(&["--listen-client-urls", "https://localhost:2379"]).unwrap();
+        assert!(matches!(c.resolve().unwrap_err(), ConfigError::Tls(_)));
+        let c = parse(&["--listen-client-urls", "localhost"]).unwrap();
+        assert!(matches!(c.resolve().unwrap_err(), ConfigError::BadUrl(_)));
+        let c = parse(&[
+            "--initial-cluster",
+            "default=http://localhost:2380,b=http://localhost:3380",
+        ])
+        .unwrap();
+        assert_eq!(c.resolve().unwrap_err(), ConfigError::MultiMember(2));
+        let c = parse(&["--initial-advertise-peer-urls", "http://127.0.0.1:9999"]).unwrap();
+        // The default --initial-cluster follows the advertised URLs, so this is consistent.
+        assert!(c.resolve().is_ok());
+        let c = parse(&[
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:9999",
+            "--initial-cluster",
+            "default=http://127.0.0.1:1",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.resolve().unwrap_err(),
+            ConfigError::PeerUrlsMismatch { .. }
+        ));
+    }
+}

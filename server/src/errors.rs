@@ -1,0 +1,37 @@
+//! etcd's client-facing errors: the gRPC code and exact message clients match on.
+
+use keel_core::mvcc::MvccError;
+use keel_core::state_machine::ApplyError;
+use runtime::node::RequestError;
+use tonic::{Code, Status};
+
+pub const KEY_NOT_PROVIDED: &str = "etcdserver: key is not provided";
+pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
+pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
+pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+
+pub fn invalid(msg: &str) -> Status {
+    Status::new(Code::InvalidArgument, msg)
+}
+
+pub fn mvcc_status(e: &MvccError) -> Status {
+    let code = match e {
+        MvccError::Compacted | MvccError::FutureRev => Code::OutOfRange,
+        MvccError::KeyNotFound => Code::InvalidArgument,
+        MvccError::LeaseNotFound => Code::NotFound,
+    };
+    Status::new(code, e.to_string())
+}
+
+pub fn request_status(e: RequestError) -> Status {
+    match &e {
+        RequestError::NoLeader | RequestError::Stopped => {
+            Status::new(Code::Unavailable, e.to_string())
+        }
+        RequestError::TooManyRequests => Status::new(Code::ResourceExhausted, e.to_string()),
+        RequestError::Mvcc(m) | RequestError::Apply(ApplyError::Mvcc(m)) => mvcc_status(m),
+        RequestError::Apply(ApplyError::Unsupported(_)) => {
+            Status::new(Code::Unimplemented, e.to_string())
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The Keel server: etcd's gRPC API over Keel's runtime.
+//!
+//! `main` parses etcd's flags into a [`Config`] and calls [`run`]. The services translate
+//! requests into proposals and reads on the node task and map failures to etcd's exact gRPC
+//! codes and messages, which clients match on.
+
+pub mod config;
+pub mod errors;
+pub mod pb;
+mod services;
+
+pub use config::{Config, ConfigError};
+
+use keel_core::pb::etcdserverpb::Member;
+use runtime::backend::FileBackend;
+use runtime::node::{self, DriverConfig, NodeHandle};
+use runtime::recover::{recover, Identity};
+use std::net::SocketAddr;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::watch;
+
+/// The etcd release whose API and behaviour Keel follows; reported by Status.
+pub const ETCD_VERSION: &str = "3.5.1";
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open data directory {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Recover(#[from] runtime::recover::RecoverError),
+    #[error("client listener on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("node stopped: {0}")]
+    Node(String),
+}
+
+/// Runs a node until `shutdown` turns true or something fails.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    let resolved = config.resolve()?;
+    let wal_dir = resolved.data_dir.join("member").join("wal");
+    let data_err = |source| RunError::DataDir {
+        dir: resolved.data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&wal_dir).map_err(data_err)?;
+    let backend = FileBackend::open(&wal_dir.join("keel.wal")).map_err(data_err)?;
+    let identity = Identity {
+        name: config.name.clone(),
+        member_id: resolved.member_id,
+        cluster_id: resolved.cluster_id,
+        initial_members: resolved.initial_members.clone(),
+    };
+    let heartbeat_ms = config.heartbeat_interval.max(1);
+    let mut raft = keel_core::raft::Config::new(resolved.member_id, seed_from_clock());
+    raft.election_ticks = (config.election_timeout / heartbeat_ms).max(2) as u32;
+    let recovered = recover(backend, &identity, raft)?;
+    tracing::info!(
+        name = %config.name,
+        member_id = %format!("{:x}", resolved.member_id),
+        cluster_id = %format!("{:x}", resolved.cluster_id),
+        data_dir = %resolved.data_dir.display(),
+        fresh = recovered.fresh,
+        "starting keel"
+    );
+    let driver = DriverConfig {
+        tick: Duration::from_millis(heartbeat_ms),
+        member_id: resolved.member_id,
+        cluster_id: resolved.cluster_id,
+    };
+    let (handle, node_task) = node::spawn(recovered, driver, shutdown.clone());
+    let self_member = Member {
+        id: resolved.member_id,
+        name: config.name.clone(),
+        peer_ur_ls: resolved.advertise_peer_urls.clone(),
+        client_ur_ls: resolved.advertise_client_urls.clone(),
+        is_learner: false,
+    };
+    let mut servers = Vec::new();
+    for addr in resolved.client_addrs.clone() {
+        let svc = services::Services::new(
+            handle.clone(),
+            self_member.clone(),
+            config.max_request_bytes,
+        );
+        let mut stop = shutdown.clone();
+        servers.push(tokio::spawn(async move {
+            let signal = async move {
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            svc.router()
+                .serve_with_shutdown(addr, signal)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })
+        }));
+        tracing::info!(%addr, "serving client requests");
+    }
+    let node_result = wait_node(node_task, handle).await;
+    for s in servers {
+        s.abort();
+    }
+    node_result
+}
+
+async fn wait_node(
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    _handle: NodeHandle,
+) -> Result<(), RunError> {
+    match task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::Node(e)),
+        Err(e) => Err(RunError::Node(format!("node task panicked: {e}"))),
+    }
+}
+
+/// Raft's election jitter only needs to differ between nodes and runs; the simulator passes
+/// its own seed instead.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}

@@ -1,0 +1,259 @@
+//! The gRPC services. Each handler validates as etcd does, then hands the request to the node.
+
+use crate::errors::{self, invalid, request_status};
+use crate::pb::etcdserverpb::cluster_server::{Cluster, ClusterServer};
+use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
+use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use crate::pb::etcdserverpb::*;
+use futures::Stream;
+use keel_core::pb::keelpb::request::Op;
+use keel_core::state_machine::WriteResponse;
+use runtime::node::NodeHandle;
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// Bytes of gRPC framing allowed on top of `--max-request-bytes`, as etcd allows, so that an
+/// oversized request reaches the handler and gets etcd's own error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Clone)]
+pub(crate) struct Services {
+    node: NodeHandle,
+    self_member: Member,
+    max_request_bytes: usize,
+}
+
+fn unimplemented(what: &str, issue: u32) -> Status {
+    Status::unimplemented(format!(
+        "keel: {what} is not implemented yet (issue #{issue})"
+    ))
+}
+
+impl Services {
+    pub(crate) fn new(node: NodeHandle, self_member: Member, max_request_bytes: usize) -> Self {
+        Services {
+            node,
+            self_member,
+            max_request_bytes,
+        }
+    }
+
+    pub(crate) fn router(self) -> tonic::transport::server::Router {
+        let max = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        tonic::transport::Server::builder()
+            .add_service(KvServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(MaintenanceServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(ClusterServer::new(self).max_decoding_message_size(max))
+    }
+
+    fn check_size(&self, m: &impl prost::Message) -> Result<(), Status> {
+        if m.encoded_len() > self.max_request_bytes {
+            return Err(invalid(errors::REQUEST_TOO_LARGE));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, op: Op) -> Result<WriteResponse, Status> {
+        self.node.propose(op).await.map_err(request_status)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for Services {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        if req.key.is_empty() {
+            return Err(invalid(errors::KEY_NOT_PROVIDED));
+        }
+        self.node
+            .range(req)
+            .await
+            .map(Response::new)
+            .map_err(request_status)
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        if req.key.is_empty() {
+            return Err(invalid(errors::KEY_NOT_PROVIDED));
+        }
+        if req.ignore_value && !req.value.is_empty() {
+            return Err(invalid(errors::VALUE_PROVIDED));
+        }
+        if req.ignore_lease && req.lease != 0 {
+            return Err(invalid(errors::LEASE_PROVIDED));
+        }
+        match self.write(Op::Put(req)).await? {
+            WriteResponse::Put(r) => Ok(Response::new(r)),
+            other => Err(Status::internal(format!("put answered with {other:?}"))),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        if req.key.is_empty() {
+            return Err(invalid(errors::KEY_NOT_PROVIDED));
+        }
+        match self.write(Op::DeleteRange(req)).await? {
+            WriteResponse::DeleteRange(r) => Ok(Response::new(r)),
+            other => Err(Status::internal(format!("delete answered with {other:?}"))),
+        }
+    }
+
+    async fn txn(&self, _request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        Err(unimplemented("Txn", 4))
+    }
+
+    async fn compact(
+        &self,
+        _request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        Err(unimplemented("Compact", 4))
+    }
+}
+
+type SnapshotStream =
+    Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Maintenance for Services {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        // No alarm can be raised yet (quota and corruption checks come with the storage engine),
+        // so the list is truthfully empty; raising or clearing one is not supported.
+        if request.get_ref().action != alarm_request::AlarmAction::Get as i32 {
+            return Err(unimplemented("Alarm activate/deactivate", 5));
+        }
+        let status = self.node.status().await.map_err(request_status)?;
+        Ok(Response::new(AlarmResponse {
+            header: Some(status.header),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let s = self.node.status().await.map_err(request_status)?;
+        let db_size = s.wal_bytes as i64;
+        Ok(Response::new(StatusResponse {
+            header: Some(s.header),
+            version: crate::ETCD_VERSION.to_string(),
+            db_size,
+            leader: s.leader,
+            raft_index: s.raft_index,
+            raft_term: s.raft_term,
+            raft_applied_index: s.raft_applied_index,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _r: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Err(unimplemented("Defragment", 5))
+    }
+
+    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(unimplemented("Hash", 4))
+    }
+
+    async fn hash_kv(
+        &self,
+        _r: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Err(unimplemented("HashKV", 4))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _r: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot", 5))
+    }
+
+    async fn move_leader(
+        &self,
+        _r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader", 7))
+    }
+
+    async fn downgrade(
+        &self,
+        _r: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade", 7))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Services {
+    async fn member_add(
+        &self,
+        _r: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Err(unimplemented("MemberAdd", 7))
+    }
+
+    async fn member_remove(
+        &self,
+        _r: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(unimplemented("MemberRemove", 7))
+    }
+
+    async fn member_update(
+        &self,
+        _r: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(unimplemented("MemberUpdate", 7))
+    }
+
+    async fn member_list(
+        &self,
+        _r: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        let s = self.node.status().await.map_err(request_status)?;
+        let members = s
+            .members
+            .into_iter()
+            .map(|mut m| {
+                // Client URLs are not in the log yet (etcd publishes them through it); a member
+                // knows its own.
+                if m.id == self.self_member.id {
+                    m.client_ur_ls = self.self_member.client_ur_ls.clone();
+                }
+                m
+            })
+            .collect();
+        Ok(Response::new(MemberListResponse {
+            header: Some(s.header),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _r: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(unimplemented("MemberPromote", 7))
+    }
+}
