@@ -14,8 +14,6 @@ fn main() {
         "proto/v3electionpb/v3election.proto",
         "proto/keelpb/keel.proto",
     ];
-    config
-        .compile_protos(&protos, &["proto"])
-        .expect("compile protos");
+    config.compile_protos(&protos, &["proto"]).expect("compile protos");
     println!("cargo:rerun-if-changed=proto");
 }

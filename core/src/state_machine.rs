@@ -20,10 +20,7 @@ pub enum Applied {
     /// An empty entry (a new leader's) or one carrying nothing to reply to.
     Nothing,
     /// A client write; `request_id` names the proposer's waiter.
-    Write {
-        request_id: u64,
-        result: Result<WriteResponse, ApplyError>,
-    },
+    Write { request_id: u64, result: Result<WriteResponse, ApplyError> },
     /// A committed configuration change: the driver hands the new voters to Raft.
     ConfChange { voters: Vec<u64> },
 }
@@ -81,35 +78,24 @@ impl StateMachine {
             Err(e) => panic!("committed entry {} does not decode: {e}", entry.index),
         };
         let result = match &request.op {
-            Some(Op::Put(put)) => self
-                .store
-                .put(put)
-                .map(WriteResponse::Put)
-                .map_err(ApplyError::from),
-            Some(Op::DeleteRange(del)) => self
-                .store
-                .delete_range(del)
-                .map(WriteResponse::DeleteRange)
-                .map_err(ApplyError::from),
+            Some(Op::Put(put)) => self.store.put(put).map(WriteResponse::Put).map_err(ApplyError::from),
+            Some(Op::DeleteRange(del)) => {
+                self.store.delete_range(del).map(WriteResponse::DeleteRange).map_err(ApplyError::from)
+            }
             Some(Op::Txn(_)) => Err(ApplyError::Unsupported("txn")),
             Some(Op::Compaction(_)) => Err(ApplyError::Unsupported("compaction")),
             None => Err(ApplyError::Unsupported("empty request")),
         };
-        Applied::Write {
-            request_id: request.id,
-            result,
-        }
+        Applied::Write { request_id: request.id, result }
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Applied {
-        let cc = ConfChange::decode(entry.data.clone()).unwrap_or_else(|e| {
-            panic!("committed conf change {} does not decode: {e}", entry.index)
-        });
+        let cc = ConfChange::decode(entry.data.clone())
+            .unwrap_or_else(|e| panic!("committed conf change {} does not decode: {e}", entry.index));
         match ConfChangeType::try_from(cc.change_type) {
             Ok(ConfChangeType::AddNode) | Ok(ConfChangeType::AddLearnerNode) => {
-                let mut member = Member::decode(cc.context.clone()).unwrap_or_else(|e| {
-                    panic!("conf change {} carries no member record: {e}", entry.index)
-                });
+                let mut member = Member::decode(cc.context.clone())
+                    .unwrap_or_else(|e| panic!("conf change {} carries no member record: {e}", entry.index));
                 member.id = cc.node_id;
                 member.is_learner = cc.change_type == ConfChangeType::AddLearnerNode as i32;
                 self.members.insert(cc.node_id, member);
@@ -117,17 +103,9 @@ impl StateMachine {
             Ok(ConfChangeType::RemoveNode) => {
                 self.members.remove(&cc.node_id);
             }
-            Err(_) => panic!(
-                "conf change {} has unknown type {}",
-                entry.index, cc.change_type
-            ),
+            Err(_) => panic!("conf change {} has unknown type {}", entry.index, cc.change_type),
         }
-        let voters = self
-            .members
-            .values()
-            .filter(|m| !m.is_learner)
-            .map(|m| m.id)
-            .collect();
+        let voters = self.members.values().filter(|m| !m.is_learner).map(|m| m.id).collect();
         Applied::ConfChange { voters }
     }
 }

@@ -29,18 +29,9 @@ pub struct FileBackend {
 
 impl FileBackend {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let len = file.metadata()?.len();
-        let backend = FileBackend {
-            file,
-            path: path.to_path_buf(),
-            len,
-        };
+        let backend = FileBackend { file, path: path.to_path_buf(), len };
         if let Some(dir) = path.parent() {
             // Make the file's directory entry durable, or a crash could lose the whole file.
             File::open(dir)?.sync_all()?;
@@ -106,10 +97,7 @@ pub enum CrashFault {
 
 impl SimBackend {
     pub fn new(name: &str) -> Self {
-        SimBackend {
-            name: name.to_string(),
-            ..Default::default()
-        }
+        SimBackend { name: name.to_string(), ..Default::default() }
     }
 
     pub fn unsynced_len(&self) -> usize {
@@ -122,9 +110,7 @@ impl SimBackend {
         let unsynced = &self.live[self.durable_len..];
         match fault {
             CrashFault::LoseUnsynced => {}
-            CrashFault::Torn { keep } => {
-                bytes.extend_from_slice(&unsynced[..keep.min(unsynced.len())])
-            }
+            CrashFault::Torn { keep } => bytes.extend_from_slice(&unsynced[..keep.min(unsynced.len())]),
             CrashFault::TornFlipped { keep, bit } => {
                 let kept = &unsynced[..keep.min(unsynced.len())];
                 let start = bytes.len();
@@ -136,11 +122,7 @@ impl SimBackend {
             }
         }
         let durable_len = bytes.len();
-        SimBackend {
-            live: bytes,
-            durable_len,
-            name: self.name.clone(),
-        }
+        SimBackend { live: bytes, durable_len, name: self.name.clone() }
     }
 
     /// Direct access to the bytes, for tests that corrupt a disk on purpose.

@@ -54,17 +54,9 @@ pub struct NodeStatus {
 }
 
 enum Command {
-    Propose {
-        op: Op,
-        reply: oneshot::Sender<Result<WriteResponse, RequestError>>,
-    },
-    Range {
-        req: RangeRequest,
-        reply: oneshot::Sender<Result<RangeResponse, RequestError>>,
-    },
-    Status {
-        reply: oneshot::Sender<NodeStatus>,
-    },
+    Propose { op: Op, reply: oneshot::Sender<Result<WriteResponse, RequestError>> },
+    Range { req: RangeRequest, reply: oneshot::Sender<Result<RangeResponse, RequestError>> },
+    Status { reply: oneshot::Sender<NodeStatus> },
 }
 
 /// The clients' side of the node task. Cheap to clone.
@@ -78,29 +70,20 @@ pub struct NodeHandle {
 impl NodeHandle {
     pub async fn propose(&self, op: Op) -> Result<WriteResponse, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Propose { op, reply })
-            .await
-            .map_err(|_| RequestError::Stopped)?;
+        self.tx.send(Command::Propose { op, reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
     }
 
     /// A linearizable read (through ReadIndex), or a serializable one if the request says so.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Range { req, reply })
-            .await
-            .map_err(|_| RequestError::Stopped)?;
+        self.tx.send(Command::Range { req, reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
     }
 
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Status { reply })
-            .await
-            .map_err(|_| RequestError::Stopped)?;
+        self.tx.send(Command::Status { reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)
     }
 }
@@ -112,10 +95,7 @@ pub struct DriverConfig {
     pub cluster_id: u64,
 }
 
-type RangeReply = (
-    RangeRequest,
-    oneshot::Sender<Result<RangeResponse, RequestError>>,
-);
+type RangeReply = (RangeRequest, oneshot::Sender<Result<RangeResponse, RequestError>>);
 
 struct Driver<B: Backend> {
     cfg: DriverConfig,
@@ -142,11 +122,7 @@ pub fn spawn<B: Backend + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
     let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE_MAX);
-    let handle = NodeHandle {
-        tx,
-        member_id: cfg.member_id,
-        cluster_id: cfg.cluster_id,
-    };
+    let handle = NodeHandle { tx, member_id: cfg.member_id, cluster_id: cfg.cluster_id };
     let mut d = Driver {
         cfg,
         node: recovered.node,
@@ -298,13 +274,9 @@ impl<B: Backend> Driver<B> {
                 }
             }
             for rs in outcome.read_states {
-                let ctx =
-                    u64::from_be_bytes(rs.request_ctx[..].try_into().expect("8-byte read ctx"));
+                let ctx = u64::from_be_bytes(rs.request_ctx[..].try_into().expect("8-byte read ctx"));
                 if let Some(batch) = self.reads_by_ctx.remove(&ctx) {
-                    self.reads_by_index
-                        .entry(rs.index)
-                        .or_default()
-                        .extend(batch);
+                    self.reads_by_index.entry(rs.index).or_default().extend(batch);
                 }
             }
             if let Some(ss) = outcome.soft_state {
@@ -324,10 +296,7 @@ impl<B: Backend> Driver<B> {
             WriteResponse::Put(p) => p.header.as_ref().map(|h| h.revision),
             WriteResponse::DeleteRange(d) => d.header.as_ref().map(|h| h.revision),
         };
-        ResponseHeader {
-            revision: revision.unwrap_or_else(|| self.sm.store.revision()),
-            ..self.header()
-        }
+        ResponseHeader { revision: revision.unwrap_or_else(|| self.sm.store.revision()), ..self.header() }
     }
 
     fn serve_ready_reads(&mut self) {

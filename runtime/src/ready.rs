@@ -37,10 +37,7 @@ pub fn handle_ready<B: Backend>(
     // alone need not be (it is re-learned from the leader or re-derived by a new election), so
     // it rides along with the next synced batch, as in etcd.
     let prev = node.store().hard_state().clone();
-    let vote_changed = rd
-        .hard_state
-        .as_ref()
-        .is_some_and(|hs| hs.term != prev.term || hs.vote != prev.vote);
+    let vote_changed = rd.hard_state.as_ref().is_some_and(|hs| hs.term != prev.term || hs.vote != prev.vote);
     let sync = vote_changed || !rd.entries.is_empty();
     if let Some(hs) = &rd.hard_state {
         wal.append_hard_state(hs);

@@ -18,12 +18,7 @@ pub enum RecoverError {
         "data directory belongs to member {found_member:x} of cluster {found_cluster:x}, \
          but the flags describe member {want_member:x} of cluster {want_cluster:x}"
     )]
-    IdentityMismatch {
-        found_member: u64,
-        found_cluster: u64,
-        want_member: u64,
-        want_cluster: u64,
-    },
+    IdentityMismatch { found_member: u64, found_cluster: u64, want_member: u64, want_cluster: u64 },
     #[error("wal has log entries but no metadata record: not a Keel data directory")]
     NoMetadata,
 }
@@ -46,21 +41,14 @@ pub struct Recovered<B: Backend> {
 }
 
 /// Opens (or bootstraps) the node whose WAL lives on `backend`. `seed` feeds Raft's PRNG.
-pub fn recover<B: Backend>(
-    backend: B,
-    id: &Identity,
-    raft: Config,
-) -> Result<Recovered<B>, RecoverError> {
+pub fn recover<B: Backend>(backend: B, id: &Identity, raft: Config) -> Result<Recovered<B>, RecoverError> {
     let (mut wal, replayed) = Wal::open(backend)?;
     let fresh = replayed.metadata.is_none();
     let (hard_state, entries) = match &replayed.metadata {
         None if !replayed.entries.is_empty() => return Err(RecoverError::NoMetadata),
         None => {
-            let members: Vec<(u64, Vec<u8>)> = id
-                .initial_members
-                .iter()
-                .map(|m| (m.id, m.encode_to_vec()))
-                .collect();
+            let members: Vec<(u64, Vec<u8>)> =
+                id.initial_members.iter().map(|m| (m.id, m.encode_to_vec())).collect();
             let (hs, entries) = bootstrap(&members);
             wal.append_metadata(&WalMetadata {
                 member_id: id.member_id,
@@ -88,33 +76,21 @@ pub fn recover<B: Backend>(
     store.append(&entries);
     // The configuration the log establishes; applying the committed conf entries re-derives it.
     let mut voters: Vec<u64> = Vec::new();
-    for e in entries
-        .iter()
-        .filter(|e| e.entry_type == EntryType::EntryConfChange as i32)
-    {
-        let cc =
-            ConfChange::decode(e.data.clone()).expect("a conf change entry in the WAL decodes");
+    for e in entries.iter().filter(|e| e.entry_type == EntryType::EntryConfChange as i32) {
+        let cc = ConfChange::decode(e.data.clone()).expect("a conf change entry in the WAL decodes");
         match ConfChangeType::try_from(cc.change_type) {
             Ok(ConfChangeType::AddNode) => voters.push(cc.node_id),
             Ok(ConfChangeType::RemoveNode) => voters.retain(|v| *v != cc.node_id),
             _ => {}
         }
     }
-    store.set_conf_state(ConfState {
-        voters,
-        learners: Vec::new(),
-    });
+    store.set_conf_state(ConfState { voters, learners: Vec::new() });
     // The commit index may lag what is durable (it is synced lazily); it never exceeds it.
     let mut hs = hard_state;
     hs.commit = hs.commit.min(store_last(&store));
     store.set_hard_state(hs);
     let node = RawNode::new(&raft, store);
-    Ok(Recovered {
-        node,
-        wal,
-        sm: StateMachine::new(),
-        fresh,
-    })
+    Ok(Recovered { node, wal, sm: StateMachine::new(), fresh })
 }
 
 fn store_last(store: &MemStorage) -> u64 {

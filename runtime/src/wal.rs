@@ -51,11 +51,7 @@ impl Kind {
 #[derive(Debug, Error)]
 pub enum WalError {
     #[error("wal {file}: corrupt record at offset {offset} with valid records after it: {reason}")]
-    Corrupt {
-        file: String,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { file: String, offset: u64, reason: String },
     #[error("wal {file}: i/o error: {source}")]
     Io { file: String, source: io::Error },
 }
@@ -103,11 +99,7 @@ fn decode_record(buf: &[u8]) -> Result<Option<(Kind, &[u8], usize)>, String> {
 }
 
 fn encode_record(out: &mut Vec<u8>, kind: Kind, payload: &[u8]) {
-    assert!(
-        payload.len() <= RECORD_BYTES_MAX,
-        "record of {} bytes over the bound",
-        payload.len()
-    );
+    assert!(payload.len() <= RECORD_BYTES_MAX, "record of {} bytes over the bound", payload.len());
     let start = out.len();
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -116,19 +108,14 @@ fn encode_record(out: &mut Vec<u8>, kind: Kind, payload: &[u8]) {
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     // Pair the write with a read: what we wrote must decode to what we meant.
-    debug_assert!(
-        matches!(decode_record(&out[start..]), Ok(Some((k, p, _))) if k == kind && p == payload)
-    );
+    debug_assert!(matches!(decode_record(&out[start..]), Ok(Some((k, p, _))) if k == kind && p == payload));
 }
 
 impl<B: Backend> Wal<B> {
     /// Opens the log, recovering its contents and cutting off a torn tail.
     pub fn open(mut backend: B) -> Result<(Wal<B>, Replayed), WalError> {
         let file = backend.describe();
-        let io_err = |source| WalError::Io {
-            file: file.clone(),
-            source,
-        };
+        let io_err = |source| WalError::Io { file: file.clone(), source };
         let bytes = backend.read_all().map_err(io_err)?;
         let mut replayed = Replayed::default();
         let mut offset = 0usize;
@@ -137,11 +124,8 @@ impl<B: Backend> Wal<B> {
                 Ok(None) => break,
                 Ok(Some((kind, payload, size))) => {
                     let at = offset as u64;
-                    let corrupt = |reason: String| WalError::Corrupt {
-                        file: file.clone(),
-                        offset: at,
-                        reason,
-                    };
+                    let corrupt =
+                        |reason: String| WalError::Corrupt { file: file.clone(), offset: at, reason };
                     apply_record(&mut replayed, kind, payload).map_err(corrupt)?;
                     offset += size;
                 }
@@ -160,13 +144,7 @@ impl<B: Backend> Wal<B> {
                 }
             }
         }
-        Ok((
-            Wal {
-                backend,
-                pending: Vec::new(),
-            },
-            replayed,
-        ))
+        Ok((Wal { backend, pending: Vec::new() }, replayed))
     }
 
     pub fn append_metadata(&mut self, md: &WalMetadata) {
@@ -187,10 +165,7 @@ impl<B: Backend> Wal<B> {
     /// durable. Without `sync` it reaches the disk with the next synced batch (or not at all).
     pub fn flush(&mut self, sync: bool) -> Result<(), WalError> {
         let file = self.backend.describe();
-        let io_err = |source| WalError::Io {
-            file: file.clone(),
-            source,
-        };
+        let io_err = |source| WalError::Io { file: file.clone(), source };
         if !self.pending.is_empty() {
             self.backend.append(&self.pending).map_err(io_err)?;
             self.pending.clear();
@@ -217,23 +192,19 @@ impl<B: Backend> Wal<B> {
 fn apply_record(replayed: &mut Replayed, kind: Kind, payload: &[u8]) -> Result<(), String> {
     match kind {
         Kind::Metadata => {
-            let md = WalMetadata::decode(payload)
-                .map_err(|e| format!("metadata does not decode: {e}"))?;
+            let md = WalMetadata::decode(payload).map_err(|e| format!("metadata does not decode: {e}"))?;
             replayed.metadata = Some(md);
         }
         Kind::HardState => {
-            replayed.hard_state = HardState::decode(payload)
-                .map_err(|e| format!("hard state does not decode: {e}"))?;
+            replayed.hard_state =
+                HardState::decode(payload).map_err(|e| format!("hard state does not decode: {e}"))?;
         }
         Kind::Entry => {
             let e = Entry::decode(payload).map_err(|e| format!("entry does not decode: {e}"))?;
             let first = replayed.entries.first().map_or(e.index, |f| f.index);
             let last = replayed.entries.last().map_or(e.index - 1, |l| l.index);
             if e.index < first || e.index > last + 1 {
-                return Err(format!(
-                    "entry {} does not follow the log ({first}..={last})",
-                    e.index
-                ));
+                return Err(format!("entry {} does not follow the log ({first}..={last})", e.index));
             }
             replayed.entries.truncate((e.index - first) as usize);
             replayed.entries.push(e);
@@ -254,12 +225,7 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(index: u64, term: u64, data: &str) -> Entry {
-        Entry {
-            index,
-            term,
-            entry_type: 0,
-            data: Bytes::copy_from_slice(data.as_bytes()),
-        }
+        Entry { index, term, entry_type: 0, data: Bytes::copy_from_slice(data.as_bytes()) }
     }
 
     fn write_log(n: u64) -> SimBackend {
@@ -267,11 +233,7 @@ mod tests {
         assert!(replayed.entries.is_empty());
         for i in 1..=n {
             wal.append_entries(&[entry(i, 1, &format!("value-{i}"))]);
-            wal.append_hard_state(&HardState {
-                term: 1,
-                vote: 1,
-                commit: i,
-            });
+            wal.append_hard_state(&HardState { term: 1, vote: 1, commit: i });
             wal.flush(true).unwrap();
         }
         wal.backend().clone()
@@ -281,10 +243,7 @@ mod tests {
     fn replays_entries_and_latest_hard_state() {
         let disk = write_log(5);
         let (_, r) = Wal::open(disk).unwrap();
-        assert_eq!(
-            r.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4, 5]
-        );
+        assert_eq!(r.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
         assert_eq!(r.hard_state.commit, 5);
         assert_eq!(r.torn_bytes, 0);
     }
@@ -334,11 +293,7 @@ mod tests {
             wal.append_entries(&[entry(n as u64 + 1, 2, "after")]);
             wal.flush(true).unwrap();
             let (_, again) = Wal::open(wal.backend().clone()).unwrap();
-            assert_eq!(
-                again.entries.len(),
-                n + 1,
-                "keep {keep}: appends after recovery replay"
-            );
+            assert_eq!(again.entries.len(), n + 1, "keep {keep}: appends after recovery replay");
             assert_eq!(again.torn_bytes, 0);
         }
     }
@@ -351,16 +306,8 @@ mod tests {
         let disk = wal.backend().clone();
         let unsynced = disk.unsynced_len();
         for bit in 0..unsynced * 8 {
-            let (_, r) = Wal::open(disk.crash(CrashFault::TornFlipped {
-                keep: unsynced,
-                bit,
-            }))
-            .unwrap();
-            assert_eq!(
-                r.entries.len(),
-                2,
-                "bit {bit}: a damaged record must not be replayed"
-            );
+            let (_, r) = Wal::open(disk.crash(CrashFault::TornFlipped { keep: unsynced, bit })).unwrap();
+            assert_eq!(r.entries.len(), 2, "bit {bit}: a damaged record must not be replayed");
         }
     }
 

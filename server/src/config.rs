@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "keel",
-    version,
-    about = "Keel: an etcd-compatible, Raft-replicated key-value store"
-)]
+#[command(name = "keel", version, about = "Keel: an etcd-compatible, Raft-replicated key-value store")]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
@@ -24,19 +20,13 @@ pub struct Config {
     #[arg(long = "listen-client-urls", default_value = "http://localhost:2379")]
     pub listen_client_urls: String,
     /// List of this member's client URLs to advertise to the rest of the cluster.
-    #[arg(
-        long = "advertise-client-urls",
-        default_value = "http://localhost:2379"
-    )]
+    #[arg(long = "advertise-client-urls", default_value = "http://localhost:2379")]
     pub advertise_client_urls: String,
     /// List of URLs to listen on for peer traffic.
     #[arg(long = "listen-peer-urls", default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
     /// List of this member's peer URLs to advertise to the rest of the cluster.
-    #[arg(
-        long = "initial-advertise-peer-urls",
-        default_value = "http://localhost:2380"
-    )]
+    #[arg(long = "initial-advertise-peer-urls", default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping [default: ${name}=${initial-advertise-peer-urls}].
     #[arg(long = "initial-cluster")]
@@ -74,11 +64,7 @@ pub enum ConfigError {
     #[error(
         "--initial-cluster has {name}={cluster:?} but --initial-advertise-peer-urls has {advertised:?}; they must match"
     )]
-    PeerUrlsMismatch {
-        name: String,
-        cluster: Vec<String>,
-        advertised: Vec<String>,
-    },
+    PeerUrlsMismatch { name: String, cluster: Vec<String>, advertised: Vec<String> },
     #[error("--initial-cluster names {0} members: multi-member clusters come with Keel's cluster server (issue #7)")]
     MultiMember(usize),
     #[error("--initial-cluster-state=existing (joining a running cluster) is not supported yet (issue #7)")]
@@ -102,11 +88,7 @@ pub struct Resolved {
 }
 
 fn split_urls(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(String::from)
-        .collect()
+    s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
 }
 
 /// `http://host:port` to a socket address; `localhost` is the IPv4 loopback, as etcd binds it.
@@ -114,16 +96,10 @@ pub fn url_to_addr(url: &str) -> Result<SocketAddr, ConfigError> {
     if url.starts_with("https://") || url.starts_with("unixs://") {
         return Err(ConfigError::Tls(url.to_string()));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
     let hostport = rest.trim_end_matches('/');
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| ConfigError::BadUrl(url.to_string()))?;
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
+    let port: u16 = port.parse().map_err(|_| ConfigError::BadUrl(url.to_string()))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host == "localhost" {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
@@ -151,18 +127,13 @@ impl Config {
             url_to_addr(u)?;
         }
         let cluster = self.initial_cluster.clone().unwrap_or_else(|| {
-            format!(
-                "{}={}",
-                self.name,
-                advertise_peer_urls.join(&format!(",{}=", self.name))
-            )
+            format!("{}={}", self.name, advertise_peer_urls.join(&format!(",{}=", self.name)))
         });
         // name=url pairs; a member with several peer URLs is named once per URL.
         let mut members: Vec<(String, Vec<String>)> = Vec::new();
         for part in cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, url) = part
-                .split_once('=')
-                .ok_or_else(|| ConfigError::BadCluster(part.to_string()))?;
+            let (name, url) =
+                part.split_once('=').ok_or_else(|| ConfigError::BadCluster(part.to_string()))?;
             url_to_addr(url)?;
             match members.iter_mut().find(|(n, _)| n == name) {
                 Some((_, urls)) => urls.push(url.to_string()),
@@ -170,9 +141,7 @@ impl Config {
             }
         }
         let Some((_, cluster_urls)) = members.iter().find(|(n, _)| *n == self.name) else {
-            return Err(ConfigError::NotInCluster {
-                name: self.name.clone(),
-            });
+            return Err(ConfigError::NotInCluster { name: self.name.clone() });
         };
         let (mut a, mut b) = (cluster_urls.clone(), advertise_peer_urls.clone());
         a.sort();
@@ -214,10 +183,7 @@ impl Config {
             url_to_addr(u)?;
         }
         Ok(Resolved {
-            data_dir: self
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name))),
+            data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name))),
             client_addrs,
             advertise_client_urls,
             advertise_peer_urls,
@@ -243,14 +209,8 @@ mod tests {
         assert_eq!(r.data_dir, PathBuf::from("default.keel"));
         assert_eq!(r.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
         assert_eq!(r.initial_members.len(), 1);
-        assert_eq!(
-            r.initial_members[0].peer_ur_ls,
-            vec!["http://localhost:2380".to_string()]
-        );
-        assert_eq!(
-            r.member_id,
-            ids::member_id(&["http://localhost:2380".to_string()], "etcd-cluster")
-        );
+        assert_eq!(r.initial_members[0].peer_ur_ls, vec!["http://localhost:2380".to_string()]);
+        assert_eq!(r.member_id, ids::member_id(&["http://localhost:2380".to_string()], "etcd-cluster"));
     }
 
     #[test]
@@ -272,30 +232,19 @@ mod tests {
             "etcd-cluster-1",
         ])
         .unwrap();
-        assert_eq!(
-            format!("{:x}", c.resolve().unwrap().member_id),
-            "8211f1d0f64f3269"
-        );
+        assert_eq!(format!("{:x}", c.resolve().unwrap().member_id), "8211f1d0f64f3269");
     }
 
     #[test]
     fn bad_inputs_are_clear_errors() {
         let c = parse(&["--initial-cluster", "other=http://localhost:2380"]).unwrap();
-        assert_eq!(
-            c.resolve().unwrap_err(),
-            ConfigError::NotInCluster {
-                name: "default".into()
-            }
-        );
+        assert_eq!(c.resolve().unwrap_err(), ConfigError::NotInCluster { name: "default".into() });
         let c = parse(&["--listen-client-urls", "https://localhost:2379"]).unwrap();
         assert!(matches!(c.resolve().unwrap_err(), ConfigError::Tls(_)));
         let c = parse(&["--listen-client-urls", "localhost"]).unwrap();
         assert!(matches!(c.resolve().unwrap_err(), ConfigError::BadUrl(_)));
-        let c = parse(&[
-            "--initial-cluster",
-            "default=http://localhost:2380,b=http://localhost:3380",
-        ])
-        .unwrap();
+        let c =
+            parse(&["--initial-cluster", "default=http://localhost:2380,b=http://localhost:3380"]).unwrap();
         assert_eq!(c.resolve().unwrap_err(), ConfigError::MultiMember(2));
         let c = parse(&["--initial-advertise-peer-urls", "http://127.0.0.1:9999"]).unwrap();
         // The default --initial-cluster follows the advertised URLs, so this is consistent.
@@ -307,9 +256,6 @@ mod tests {
             "default=http://127.0.0.1:1",
         ])
         .unwrap();
-        assert!(matches!(
-            c.resolve().unwrap_err(),
-            ConfigError::PeerUrlsMismatch { .. }
-        ));
+        assert!(matches!(c.resolve().unwrap_err(), ConfigError::PeerUrlsMismatch { .. }));
     }
 }

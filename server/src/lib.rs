@@ -32,10 +32,7 @@ pub enum RunError {
     #[error(transparent)]
     Recover(#[from] runtime::recover::RecoverError),
     #[error("client listener on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: tonic::transport::Error,
-    },
+    Listen { addr: SocketAddr, source: tonic::transport::Error },
     #[error("node stopped: {0}")]
     Node(String),
 }
@@ -44,10 +41,7 @@ pub enum RunError {
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let resolved = config.resolve()?;
     let wal_dir = resolved.data_dir.join("member").join("wal");
-    let data_err = |source| RunError::DataDir {
-        dir: resolved.data_dir.display().to_string(),
-        source,
-    };
+    let data_err = |source| RunError::DataDir { dir: resolved.data_dir.display().to_string(), source };
     std::fs::create_dir_all(&wal_dir).map_err(data_err)?;
     let backend = FileBackend::open(&wal_dir.join("keel.wal")).map_err(data_err)?;
     let identity = Identity {
@@ -83,11 +77,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     };
     let mut servers = Vec::new();
     for addr in resolved.client_addrs.clone() {
-        let svc = services::Services::new(
-            handle.clone(),
-            self_member.clone(),
-            config.max_request_bytes,
-        );
+        let svc = services::Services::new(handle.clone(), self_member.clone(), config.max_request_bytes);
         let mut stop = shutdown.clone();
         servers.push(tokio::spawn(async move {
             let signal = async move {

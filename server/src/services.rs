@@ -24,18 +24,12 @@ pub(crate) struct Services {
 }
 
 fn unimplemented(what: &str, issue: u32) -> Status {
-    Status::unimplemented(format!(
-        "keel: {what} is not implemented yet (issue #{issue})"
-    ))
+    Status::unimplemented(format!("keel: {what} is not implemented yet (issue #{issue})"))
 }
 
 impl Services {
     pub(crate) fn new(node: NodeHandle, self_member: Member, max_request_bytes: usize) -> Self {
-        Services {
-            node,
-            self_member,
-            max_request_bytes,
-        }
+        Services { node, self_member, max_request_bytes }
     }
 
     pub(crate) fn router(self) -> tonic::transport::server::Router {
@@ -60,20 +54,13 @@ impl Services {
 
 #[tonic::async_trait]
 impl Kv for Services {
-    async fn range(
-        &self,
-        request: Request<RangeRequest>,
-    ) -> Result<Response<RangeResponse>, Status> {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         self.check_size(&req)?;
         if req.key.is_empty() {
             return Err(invalid(errors::KEY_NOT_PROVIDED));
         }
-        self.node
-            .range(req)
-            .await
-            .map(Response::new)
-            .map_err(request_status)
+        self.node.range(req).await.map(Response::new).map_err(request_status)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -121,31 +108,21 @@ impl Kv for Services {
     }
 }
 
-type SnapshotStream =
-    Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Maintenance for Services {
-    async fn alarm(
-        &self,
-        request: Request<AlarmRequest>,
-    ) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         // No alarm can be raised yet (quota and corruption checks come with the storage engine),
         // so the list is truthfully empty; raising or clearing one is not supported.
         if request.get_ref().action != alarm_request::AlarmAction::Get as i32 {
             return Err(unimplemented("Alarm activate/deactivate", 5));
         }
         let status = self.node.status().await.map_err(request_status)?;
-        Ok(Response::new(AlarmResponse {
-            header: Some(status.header),
-            alarms: Vec::new(),
-        }))
+        Ok(Response::new(AlarmResponse { header: Some(status.header), alarms: Vec::new() }))
     }
 
-    async fn status(
-        &self,
-        _request: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.node.status().await.map_err(request_status)?;
         let db_size = s.wal_bytes as i64;
         Ok(Response::new(StatusResponse {
@@ -173,19 +150,13 @@ impl Maintenance for Services {
         Err(unimplemented("Hash", 4))
     }
 
-    async fn hash_kv(
-        &self,
-        _r: Request<HashKvRequest>,
-    ) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(&self, _r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         Err(unimplemented("HashKV", 4))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(
-        &self,
-        _r: Request<SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, _r: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(unimplemented("Snapshot", 5))
     }
 
@@ -196,20 +167,14 @@ impl Maintenance for Services {
         Err(unimplemented("MoveLeader", 7))
     }
 
-    async fn downgrade(
-        &self,
-        _r: Request<DowngradeRequest>,
-    ) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(&self, _r: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(unimplemented("Downgrade", 7))
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for Services {
-    async fn member_add(
-        &self,
-        _r: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(&self, _r: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         Err(unimplemented("MemberAdd", 7))
     }
 
@@ -244,10 +209,9 @@ impl Cluster for Services {
                 m
             })
             .collect();
-        Ok(Response::new(MemberListResponse {
-            header: Some(s.header),
-            members,
-        }))
+        // etcd's Cluster service headers carry no revision.
+        let header = ResponseHeader { revision: 0, ..s.header };
+        Ok(Response::new(MemberListResponse { header: Some(header), members }))
     }
 
     async fn member_promote(

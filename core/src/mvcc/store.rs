@@ -45,11 +45,7 @@ impl Default for Store {
 
 impl Store {
     pub fn new() -> Self {
-        Store {
-            keys: BTreeMap::new(),
-            current: 1,
-            compacted: 0,
-        }
+        Store { keys: BTreeMap::new(), current: 1, compacted: 0 }
     }
 
     /// The store's current revision.
@@ -58,10 +54,7 @@ impl Store {
     }
 
     fn header(&self) -> Option<ResponseHeader> {
-        Some(ResponseHeader {
-            revision: self.current,
-            ..Default::default()
-        })
+        Some(ResponseHeader { revision: self.current, ..Default::default() })
     }
 
     /// Keys selected by etcd's range rules: an empty `end` selects `key` alone; `end == "\0"`
@@ -92,15 +85,9 @@ impl Store {
         if req.revision > 0 && req.revision < self.compacted {
             return Err(MvccError::Compacted);
         }
-        let rev = if req.revision <= 0 {
-            self.current
-        } else {
-            req.revision
-        };
-        let mut kvs: Vec<KeyValue> = self
-            .select(&req.key, &req.range_end)
-            .filter_map(|(_, h)| h.at(rev).cloned())
-            .collect();
+        let rev = if req.revision <= 0 { self.current } else { req.revision };
+        let mut kvs: Vec<KeyValue> =
+            self.select(&req.key, &req.range_end).filter_map(|(_, h)| h.at(rev).cloned()).collect();
         let count = kvs.len() as i64;
         kvs.retain(|kv| {
             (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
@@ -139,12 +126,7 @@ impl Store {
                 kv.value = Bytes::new();
             }
         }
-        Ok(RangeResponse {
-            header: self.header(),
-            kvs,
-            more,
-            count,
-        })
+        Ok(RangeResponse { header: self.header(), kvs, more, count })
     }
 
     /// Applies a put. Leases are not granted by this store yet, so any lease is unknown.
@@ -173,39 +155,21 @@ impl Store {
             value,
             lease,
         };
-        self.keys
-            .entry(req.key.clone())
-            .or_default()
-            .record(Revision::new(main, 0), Some(kv));
+        self.keys.entry(req.key.clone()).or_default().record(Revision::new(main, 0), Some(kv));
         self.current = main;
-        Ok(PutResponse {
-            header: self.header(),
-            prev_kv: if req.prev_kv { prev } else { None },
-        })
+        Ok(PutResponse { header: self.header(), prev_kv: if req.prev_kv { prev } else { None } })
     }
 
     /// Applies a delete. Deleting nothing does not make a new revision.
-    pub fn delete_range(
-        &mut self,
-        req: &DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, MvccError> {
-        let doomed: Vec<KeyValue> = self
-            .select(&req.key, &req.range_end)
-            .filter_map(|(_, h)| h.live().cloned())
-            .collect();
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+        let doomed: Vec<KeyValue> =
+            self.select(&req.key, &req.range_end).filter_map(|(_, h)| h.live().cloned()).collect();
         if doomed.is_empty() {
-            return Ok(DeleteRangeResponse {
-                header: self.header(),
-                deleted: 0,
-                prev_kvs: Vec::new(),
-            });
+            return Ok(DeleteRangeResponse { header: self.header(), deleted: 0, prev_kvs: Vec::new() });
         }
         let main = self.current + 1;
         for (sub, kv) in doomed.iter().enumerate() {
-            let history = self
-                .keys
-                .get_mut(&kv.key[..])
-                .expect("a selected key has a history");
+            let history = self.keys.get_mut(&kv.key[..]).expect("a selected key has a history");
             history.record(Revision::new(main, sub as i64), None);
         }
         self.current = main;

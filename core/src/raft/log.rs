@@ -19,21 +19,9 @@ pub(crate) struct RaftLog<S: Storage> {
 impl<S: Storage> RaftLog<S> {
     pub(crate) fn new(store: S, committed: u64, applied: u64) -> Self {
         let unstable_offset = store.last_index() + 1;
-        assert!(
-            committed <= store.last_index(),
-            "committed {committed} beyond the stored log"
-        );
-        assert!(
-            applied <= committed,
-            "applied {applied} beyond committed {committed}"
-        );
-        RaftLog {
-            store,
-            unstable: Vec::new(),
-            unstable_offset,
-            committed,
-            applied,
-        }
+        assert!(committed <= store.last_index(), "committed {committed} beyond the stored log");
+        assert!(applied <= committed, "applied {applied} beyond committed {committed}");
+        RaftLog { store, unstable: Vec::new(), unstable_offset, committed, applied }
     }
 
     pub(crate) fn last_index(&self) -> u64 {
@@ -46,40 +34,27 @@ impl<S: Storage> RaftLog<S> {
     pub(crate) fn term(&self, index: u64) -> Result<u64, StorageError> {
         if index >= self.unstable_offset {
             let i = (index - self.unstable_offset) as usize;
-            return self
-                .unstable
-                .get(i)
-                .map(|e| e.term)
-                .ok_or(StorageError::Unavailable(index));
+            return self.unstable.get(i).map(|e| e.term).ok_or(StorageError::Unavailable(index));
         }
         self.store.term(index)
     }
 
     pub(crate) fn last_term(&self) -> u64 {
-        self.term(self.last_index())
-            .expect("the last entry's term is always known")
+        self.term(self.last_index()).expect("the last entry's term is always known")
     }
 
     /// Appends entries the leader created; they become unstable until the driver persists them.
     pub(crate) fn append(&mut self, ents: Vec<Entry>) {
         let Some(first) = ents.first() else { return };
-        assert!(
-            first.index > self.committed,
-            "must never overwrite committed entries"
-        );
+        assert!(first.index > self.committed, "must never overwrite committed entries");
         if first.index < self.unstable_offset {
             // The new entries replace part of the stable log; the driver's append truncates it.
             self.unstable.clear();
             self.unstable_offset = first.index;
         } else {
-            self.unstable
-                .truncate((first.index - self.unstable_offset) as usize);
+            self.unstable.truncate((first.index - self.unstable_offset) as usize);
         }
-        assert_eq!(
-            first.index,
-            self.unstable_offset + self.unstable.len() as u64,
-            "gap in the log"
-        );
+        assert_eq!(first.index, self.unstable_offset + self.unstable.len() as u64, "gap in the log");
         self.unstable.extend(ents);
     }
 
@@ -120,25 +95,14 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn applied_to(&mut self, index: u64) {
-        assert!(
-            index <= self.committed,
-            "applied {index} beyond committed {}",
-            self.committed
-        );
-        assert!(
-            index >= self.applied,
-            "applied index went back from {} to {index}",
-            self.applied
-        );
+        assert!(index <= self.committed, "applied {index} beyond committed {}", self.committed);
+        assert!(index >= self.applied, "applied index went back from {} to {index}", self.applied);
         self.applied = index;
     }
 
     pub(crate) fn commit_to(&mut self, index: u64) {
         if index > self.committed {
-            assert!(
-                index <= self.last_index(),
-                "commit {index} beyond the last index"
-            );
+            assert!(index <= self.last_index(), "commit {index} beyond the last index");
             self.committed = index;
         }
     }

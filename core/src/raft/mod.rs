@@ -15,6 +15,4 @@ pub use raw_node::{RawNode, ReadState, Ready, SoftState};
 pub use state::{Config, StateRole};
 pub use storage::{bootstrap, ConfState, MemStorage, Storage};
 
-pub use crate::pb::keelpb::{
-    ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType,
-};
+pub use crate::pb::keelpb::{ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType};

@@ -53,17 +53,8 @@ impl<S: Storage> RawNode<S> {
     pub fn new(config: &Config, store: S) -> Self {
         let raft = Raft::new(config, store);
         let prev_hard_state = raft.hard_state();
-        let prev_soft_state = SoftState {
-            lead: raft.lead,
-            role: raft.role,
-        };
-        RawNode {
-            raft,
-            prev_hard_state,
-            prev_soft_state,
-            outstanding: None,
-            ready_count: 0,
-        }
+        let prev_soft_state = SoftState { lead: raft.lead, role: raft.role };
+        RawNode { raft, prev_hard_state, prev_soft_state, outstanding: None, ready_count: 0 }
     }
 
     /// Advances logical time by one tick.
@@ -106,18 +97,12 @@ impl<S: Storage> RawNode<S> {
     }
 
     fn soft_state(&self) -> SoftState {
-        SoftState {
-            lead: self.raft.lead,
-            role: self.raft.role,
-        }
+        SoftState { lead: self.raft.lead, role: self.raft.role }
     }
 
     /// What the driver must do next. Panics if the previous `Ready` was not advanced.
     pub fn ready(&mut self) -> Ready {
-        assert!(
-            self.outstanding.is_none(),
-            "ready() called before advance() of the last Ready"
-        );
+        assert!(self.outstanding.is_none(), "ready() called before advance() of the last Ready");
         self.ready_count += 1;
         self.outstanding = Some(self.ready_count);
         let ss = self.soft_state();
@@ -139,11 +124,7 @@ impl<S: Storage> RawNode<S> {
 
     /// Tells the node that everything `rd` asked for is done.
     pub fn advance(&mut self, rd: Ready) {
-        assert_eq!(
-            self.outstanding.take(),
-            Some(rd.number),
-            "advance() of a Ready not handed out last"
-        );
+        assert_eq!(self.outstanding.take(), Some(rd.number), "advance() of a Ready not handed out last");
         if let Some(ss) = rd.soft_state {
             self.prev_soft_state = ss;
         }

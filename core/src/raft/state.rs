@@ -48,10 +48,7 @@ impl Config {
     pub fn validate(&self) {
         assert!(self.id != 0, "node id 0 is reserved for 'none'");
         assert!(self.heartbeat_ticks > 0, "heartbeat_ticks must be positive");
-        assert!(
-            self.election_ticks > self.heartbeat_ticks,
-            "election_ticks must exceed heartbeat_ticks"
-        );
+        assert!(self.election_ticks > self.heartbeat_ticks, "election_ticks must exceed heartbeat_ticks");
     }
 }
 
@@ -118,18 +115,11 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.committed,
-        }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
 
     pub(crate) fn set_voters(&mut self, voters: Vec<u64>) {
-        assert!(
-            voters.len() <= 1,
-            "multi-voter configurations come with issue #3"
-        );
+        assert!(voters.len() <= 1, "multi-voter configurations come with issue #3");
         self.voters = voters;
     }
 
@@ -194,11 +184,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_leader(&mut self) {
-        assert_ne!(
-            self.role,
-            StateRole::Follower,
-            "a follower must campaign before it leads"
-        );
+        assert_ne!(self.role, StateRole::Follower, "a follower must campaign before it leads");
         self.role = StateRole::Leader;
         self.lead = self.id;
         // An empty entry of the new term: committing it commits everything before it (§5.4.2)
@@ -227,17 +213,11 @@ impl<S: Storage> Raft<S> {
             return Err(ProposeError::NotLeader);
         }
         let index = self.log.last_index() + 1;
-        let entry = Entry {
-            term: self.term,
-            index,
-            entry_type: EntryType::EntryNormal as i32,
-            data,
-        };
+        let entry = Entry { term: self.term, index, entry_type: EntryType::EntryNormal as i32, data };
         let size = entries_size(std::slice::from_ref(&entry));
         // Like etcd-io/raft, one entry is always accepted so that a large entry cannot wedge
         // an idle leader.
-        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > self.uncommitted_bytes_max
-        {
+        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > self.uncommitted_bytes_max {
             return Err(ProposeError::UncommittedLimit);
         }
         self.uncommitted_bytes += size;
@@ -259,10 +239,7 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         // With peers a heartbeat round would confirm leadership first; a sole voter is its own quorum.
-        self.read_states.push(ReadState {
-            index: self.log.committed,
-            request_ctx: ctx,
-        });
+        self.read_states.push(ReadState { index: self.log.committed, request_ctx: ctx });
         Ok(())
     }
 
@@ -291,10 +268,7 @@ impl<S: Storage> Raft<S> {
         if self.committed_in_term() && !self.pending_reads.is_empty() {
             let index = self.log.committed;
             for ctx in std::mem::take(&mut self.pending_reads) {
-                self.read_states.push(ReadState {
-                    index,
-                    request_ctx: ctx,
-                });
+                self.read_states.push(ReadState { index, request_ctx: ctx });
             }
         }
     }

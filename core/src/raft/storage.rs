@@ -39,10 +39,7 @@ pub struct MemStorage {
 
 impl MemStorage {
     pub fn new() -> Self {
-        MemStorage {
-            offset: 1,
-            ..Default::default()
-        }
+        MemStorage { offset: 1, ..Default::default() }
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) {
@@ -75,11 +72,7 @@ impl MemStorage {
         );
         self.entries.truncate((first.index - self.offset) as usize);
         for (i, e) in ents.iter().enumerate() {
-            assert_eq!(
-                e.index,
-                first.index + i as u64,
-                "appended entries must be contiguous"
-            );
+            assert_eq!(e.index, first.index + i as u64, "appended entries must be contiguous");
         }
         self.entries.extend_from_slice(ents);
     }
@@ -151,10 +144,6 @@ pub fn bootstrap(members: &[(u64, Vec<u8>)]) -> (HardState, Vec<Entry>) {
             .into(),
         })
         .collect();
-    let hs = HardState {
-        term: 1,
-        vote: 0,
-        commit: entries.len() as u64,
-    };
+    let hs = HardState { term: 1, vote: 0, commit: entries.len() as u64 };
     (hs, entries)
 }

@@ -1,0 +1,82 @@
+//! Differential tests: the real etcdctl 3.5.1 runs the same commands against the real etcd
+//! 3.5.1 and against Keel; stdout, the error lines of stderr and the exit code must be equal.
+//! Member and cluster ids and terms are compared as they are: Keel derives them as etcd does.
+
+mod common;
+
+use jepsen::etcdctl;
+
+/// etcdctl's client library logs retries as JSON lines with timestamps; the user-facing part of
+/// stderr is the rest (`Error: ...`).
+fn user_stderr(s: &str) -> String {
+    s.lines().filter(|l| !l.starts_with("{\"level\"")).collect::<Vec<_>>().join("\n")
+}
+
+fn normalise(s: &str, pair: &common::Pair) -> String {
+    s.replace(&pair.etcd.endpoint(), "<client-url>").replace(&pair.keel.endpoint(), "<client-url>")
+}
+
+#[test]
+fn etcdctl_kv_commands_match_etcd() {
+    let pair = common::start_pair();
+    let script: &[&[&str]] = &[
+        &["get", "foo"],
+        &["get", "foo", "-w", "json"],
+        &["put", "foo", "bar"],
+        &["get", "foo"],
+        &["get", "foo", "-w", "json"],
+        &["put", "foo", "bar2", "--prev-kv"],
+        &["get", "foo", "-w", "json"],
+        &["get", "foo", "--rev=2", "-w", "json"],
+        &["get", "foo", "--rev=1", "-w", "json"],
+        &["get", "foo", "--rev=100"],
+        &["put", "web1", "value1"],
+        &["put", "web2", "value2"],
+        &["put", "web3", "value3"],
+        &["get", "web", "--prefix"],
+        &["get", "web", "--prefix", "--keys-only"],
+        &["get", "web", "--prefix", "--limit=2"],
+        &["get", "web", "--prefix", "--limit=2", "-w", "json"],
+        &["get", "web", "--prefix", "--count-only", "-w", "json"],
+        &["get", "web", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"],
+        &["get", "web", "--prefix", "--sort-by=VALUE", "--order=ASCEND", "--limit=1"],
+        &["get", "web1", "web3"],
+        &["get", "--from-key", "web2"],
+        &["get", "", "--prefix", "--keys-only"],
+        &["put", "key", "v"],
+        &["del", "key"],
+        &["del", "key"],
+        &["put", "k1", "a"],
+        &["put", "k2", "b"],
+        &["del", "k", "--prefix"],
+        &["del", "web1", "--prev-kv"],
+        &["del", "nothing-here", "-w", "json"],
+        &["get", "missing"],
+        &["get", "missing", "-w", "json"],
+        &["put", "", "v"],
+        &["get", ""],
+        &["del", ""],
+        &["put", "foo", "again"],
+        &["get", "foo", "-w", "json"],
+        &["get", "", "--from-key", "-w", "json"],
+        &["member", "list"],
+        &["member", "list", "-w", "json"],
+    ];
+    let mut mismatches = Vec::new();
+    for args in script {
+        let want = etcdctl(&pair.bins.etcdctl, &pair.etcd.endpoint(), args);
+        let got = etcdctl(&pair.bins.etcdctl, &pair.keel.endpoint(), args);
+        let want = (normalise(&want.stdout, &pair), user_stderr(&want.stderr), want.code);
+        let got = (normalise(&got.stdout, &pair), user_stderr(&got.stderr), got.code);
+        if want != got {
+            mismatches.push(format!("etcdctl {args:?}\n  etcd: {want:?}\n  keel: {got:?}"));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} commands differ:\n{}",
+        mismatches.len(),
+        script.len(),
+        mismatches.join("\n")
+    );
+}
