@@ -36,7 +36,7 @@ pub fn handle_ready<B: Backend>(
     // A changed term or vote must be durable before anyone hears of it; a changed commit index
     // alone need not be (it is re-learned from the leader or re-derived by a new election), so
     // it rides along with the next synced batch, as in etcd.
-    let prev = node.store().hard_state().clone();
+    let prev = *node.store().hard_state();
     let vote_changed = rd.hard_state.as_ref().is_some_and(|hs| hs.term != prev.term || hs.vote != prev.vote);
     let sync = vote_changed || !rd.entries.is_empty();
     if let Some(hs) = &rd.hard_state {
@@ -46,7 +46,7 @@ pub fn handle_ready<B: Backend>(
     wal.flush(sync)?;
     node.store_mut().append(&rd.entries);
     if let Some(hs) = &rd.hard_state {
-        node.store_mut().set_hard_state(hs.clone());
+        node.store_mut().set_hard_state(*hs);
     }
 
     for m in rd.persisted_messages.drain(..) {

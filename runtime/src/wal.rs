@@ -75,7 +75,10 @@ pub struct Wal<B: Backend> {
 
 /// Decodes the record at the start of `buf`: `Ok(Some((kind, payload, size)))`, `Ok(None)` at the
 /// clean end, `Err(reason)` for a damaged or incomplete record.
-fn decode_record(buf: &[u8]) -> Result<Option<(Kind, &[u8], usize)>, String> {
+/// A decoded record: its kind, its payload, and its size on disk.
+type Record<'a> = (Kind, &'a [u8], usize);
+
+fn decode_record(buf: &[u8]) -> Result<Option<Record<'_>>, String> {
     if buf.is_empty() {
         return Ok(None);
     }

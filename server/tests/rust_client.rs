@@ -6,7 +6,9 @@ mod common;
 use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
 
 /// A comparable rendering of a response: (key, create, mod, version, value, lease) rows.
-fn rows(kvs: &[etcd_client::KeyValue]) -> Vec<(Vec<u8>, i64, i64, i64, Vec<u8>, i64)> {
+type Row = (Vec<u8>, i64, i64, i64, Vec<u8>, i64);
+
+fn rows(kvs: &[etcd_client::KeyValue]) -> Vec<Row> {
     kvs.iter()
         .map(|kv| {
             (

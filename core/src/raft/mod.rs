@@ -16,3 +16,6 @@ pub use state::{Config, StateRole};
 pub use storage::{bootstrap, ConfState, MemStorage, Storage};
 
 pub use crate::pb::keelpb::{ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType};
+
+#[cfg(test)]
+mod tests;

@@ -29,7 +29,7 @@ pub struct ReadState {
 /// 5. Call [`RawNode::advance`] with this `Ready`.
 #[derive(Debug, Default)]
 pub struct Ready {
-    number: u64,
+    pub(crate) number: u64,
     pub soft_state: Option<SoftState>,
     pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,

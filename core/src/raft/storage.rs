@@ -80,7 +80,7 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn initial_state(&self) -> (HardState, ConfState) {
-        (self.hard_state.clone(), self.conf_state.clone())
+        (self.hard_state, self.conf_state.clone())
     }
 
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
