@@ -21,8 +21,9 @@ pub enum Applied {
     Nothing,
     /// A client write; `request_id` names the proposer's waiter.
     Write { request_id: u64, result: Result<WriteResponse, ApplyError> },
-    /// A committed configuration change: the driver hands the new voters to Raft.
-    ConfChange { voters: Vec<u64> },
+    /// A committed configuration change: the driver hands it to Raft
+    /// ([`crate::raft::RawNode::apply_conf_change`]).
+    ConfChange { change: ConfChange },
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -105,7 +106,6 @@ impl StateMachine {
             }
             Err(_) => panic!("conf change {} has unknown type {}", entry.index, cc.change_type),
         }
-        let voters = self.members.values().filter(|m| !m.is_learner).map(|m| m.id).collect();
-        Applied::ConfChange { voters }
+        Applied::ConfChange { change: cc }
     }
 }

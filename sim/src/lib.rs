@@ -170,9 +170,16 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
             // Finish the run as a restart would: elect, apply everything durable, then check.
             // (A lost, unsynced commit index means durable entries commit again only once the
             // leader commits an entry of its new term.)
-            while node.role() != StateRole::Leader {
+            for _ in 0..1000 {
+                if node.role() == StateRole::Leader {
+                    break;
+                }
                 node.tick();
+                while node.has_ready() {
+                    handle_ready(&mut node, &mut wal, &mut sm, &mut |_| {}).unwrap();
+                }
             }
+            assert_eq!(node.role(), StateRole::Leader, "seed {seed}: no leader after 1000 ticks");
             while node.has_ready() {
                 handle_ready(&mut node, &mut wal, &mut sm, &mut |_| {}).unwrap();
             }

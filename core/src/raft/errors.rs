@@ -8,20 +8,25 @@ pub enum StorageError {
     Compacted(u64),
     #[error("log entries unavailable: index {0} is beyond the last entry")]
     Unavailable(u64),
+    #[error("snapshot temporarily unavailable")]
+    SnapshotTemporarilyUnavailable,
 }
 
-/// Why a proposal or read was not accepted. The caller answers its client with etcd's
-/// matching error (`no leader`, `too many requests`, ...).
+/// Why a proposal, read or local message was not accepted. The caller answers its client with
+/// etcd's matching error (`no leader`, `too many requests`, `leader changed`, ...).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ProposeError {
-    #[error("raft proposal dropped: this node is not the leader")]
+    #[error("raft proposal dropped: no leader to take it")]
     NotLeader,
     #[error("raft proposal dropped: uncommitted log is over its byte bound")]
     UncommittedLimit,
+    #[error("raft proposal dropped: leadership transfer in progress")]
+    TransferInProgress,
+    #[error("raft proposal dropped: a configuration change is already pending")]
+    ConfChangePending,
+    #[error("raft proposal dropped: this node is not in the configuration")]
+    NotMember,
 }
 
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum StepError {
-    #[error("message from peer {0}: multi-voter replication is not implemented yet (issue #3)")]
-    PeerMessagesUnsupported(u64),
-}
+/// `step` refuses a message only for the proposal reasons above.
+pub type StepError = ProposeError;

@@ -1,45 +1,48 @@
 use super::errors::StorageError;
-use crate::pb::keelpb::{ConfChange, ConfChangeType, Entry, EntryType, HardState};
+use crate::pb::keelpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata,
+};
 use prost::Message as _;
-
-/// The voters and learners a log's configuration entries have established.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfState {
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-}
 
 /// The stable log as the core reads it. Implementations return what has been persisted (by the
 /// driver, following `Ready`); the core never writes through this trait.
 pub trait Storage {
     fn initial_state(&self) -> (HardState, ConfState);
-    /// Entries in `[lo, hi)`, at least one if any exist, then up to `max_bytes` in all.
+    /// Entries in `[lo, hi)`: at least one if any exist, then as many as fit in `max_bytes`.
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
+    /// The term of the entry at `index`; also known for `first_index() - 1` (the snapshot's).
     fn term(&self, index: u64) -> Result<u64, StorageError>;
     /// Index of the first entry held (one past the last compacted index).
     fn first_index(&self) -> u64;
     /// Index of the last entry held (`first_index() - 1` when empty).
     fn last_index(&self) -> u64;
+    /// The latest snapshot, for a follower too far behind to catch up from the log.
+    /// `Err(SnapshotTemporarilyUnavailable)` makes the leader try again later.
+    fn snapshot(&self) -> Result<Snapshot, StorageError>;
 }
 
 /// An in-memory stable log: what the runtime rebuilds from the WAL on start and appends to after
-/// each persisted `Ready`.
+/// each persisted `Ready`; also the storage of the simulator and the tests.
 ///
-/// Invariant: `entries[i].index == offset + i` and entries are contiguous.
+/// Invariants: `entries[i].index == offset + i`; `offset - 1 == snapshot.metadata.index`.
 #[derive(Debug, Clone, Default)]
 pub struct MemStorage {
     hard_state: HardState,
     conf_state: ConfState,
     /// Index of the first entry in `entries`; the entry before it is compacted away.
     offset: u64,
-    /// Term of the entry at `offset - 1` (0 before any compaction).
-    compacted_term: u64,
     entries: Vec<Entry>,
+    /// The state machine as of `offset - 1` (metadata only until the application stores data).
+    snapshot: Snapshot,
 }
 
 impl MemStorage {
     pub fn new() -> Self {
-        MemStorage { offset: 1, ..Default::default() }
+        MemStorage {
+            offset: 1,
+            snapshot: Snapshot { metadata: Some(SnapshotMetadata::default()), data: Default::default() },
+            ..Default::default()
+        }
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) {
@@ -54,27 +57,66 @@ impl MemStorage {
         self.conf_state = cs;
     }
 
+    fn snapshot_index(&self) -> u64 {
+        self.offset - 1
+    }
+
+    fn snapshot_term(&self) -> u64 {
+        self.snapshot.metadata.as_ref().map_or(0, |m| m.term)
+    }
+
     /// Appends persisted entries, replacing any suffix they conflict with (Raft's log matching:
     /// a new entry at an existing index supersedes it and everything after it).
     pub fn append(&mut self, ents: &[Entry]) {
         let Some(first) = ents.first() else { return };
+        if first.index + ents.len() as u64 <= self.offset {
+            return; // All of it is already compacted into the snapshot.
+        }
+        let ents =
+            if first.index < self.offset { &ents[(self.offset - first.index) as usize..] } else { ents };
+        let first = ents[0].index;
         assert!(
-            first.index >= self.offset,
-            "append at {} before the first held index {}",
-            first.index,
-            self.offset
-        );
-        assert!(
-            first.index <= self.offset + self.entries.len() as u64,
-            "append at {} leaves a gap after {}",
-            first.index,
+            first <= self.offset + self.entries.len() as u64,
+            "append at {first} leaves a gap after {}",
             self.last_index()
         );
-        self.entries.truncate((first.index - self.offset) as usize);
+        self.entries.truncate((first - self.offset) as usize);
         for (i, e) in ents.iter().enumerate() {
-            assert_eq!(e.index, first.index + i as u64, "appended entries must be contiguous");
+            assert_eq!(e.index, first + i as u64, "appended entries must be contiguous");
         }
         self.entries.extend_from_slice(ents);
+    }
+
+    /// Replaces the whole log with a snapshot received from the leader.
+    pub fn apply_snapshot(&mut self, snap: Snapshot) {
+        let meta = snap.metadata.clone().expect("a snapshot has metadata");
+        assert!(
+            meta.index >= self.snapshot_index(),
+            "snapshot {} older than {}",
+            meta.index,
+            self.snapshot_index()
+        );
+        self.offset = meta.index + 1;
+        self.entries.clear();
+        self.conf_state = meta.conf_state.clone().unwrap_or_default();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.snapshot = snap;
+    }
+
+    /// Records the application's snapshot at `index` (which must be applied) and discards the
+    /// log up to it. `data` is the state machine's serialized state.
+    pub fn compact(&mut self, index: u64, conf_state: ConfState, data: bytes::Bytes) {
+        if index <= self.snapshot_index() {
+            return;
+        }
+        assert!(index <= self.last_index(), "compact at {index} beyond the last index {}", self.last_index());
+        let term = self.term(index).expect("a held entry has a term");
+        let drop = (index + 1 - self.offset) as usize;
+        self.entries.drain(..drop);
+        self.offset = index + 1;
+        self.snapshot =
+            Snapshot { metadata: Some(SnapshotMetadata { conf_state: Some(conf_state), index, term }), data };
     }
 }
 
@@ -103,8 +145,8 @@ impl Storage for MemStorage {
     }
 
     fn term(&self, index: u64) -> Result<u64, StorageError> {
-        if index == self.offset - 1 {
-            return Ok(self.compacted_term);
+        if index == self.snapshot_index() {
+            return Ok(self.snapshot_term());
         }
         if index < self.offset {
             return Err(StorageError::Compacted(index));
@@ -121,6 +163,10 @@ impl Storage for MemStorage {
 
     fn last_index(&self) -> u64 {
         self.offset + self.entries.len() as u64 - 1
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        Ok(self.snapshot.clone())
     }
 }
 
