@@ -50,7 +50,7 @@ fn run_script(script: &str) -> String {
                         other => panic!("line {}: unknown option {other}", n + 1),
                     }
                 }
-                let mut network = Network::new(id(1), cfg);
+                let network = Network::new(id(1), cfg);
                 let lines = network.describe_status();
                 net = Some(network);
                 lines

@@ -51,6 +51,12 @@ impl Inflights {
         }
     }
 
+    pub(crate) fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.queue.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.queue.clear();
         self.bytes = 0;

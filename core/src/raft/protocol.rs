@@ -805,6 +805,11 @@ impl<S: Storage> Raft<S> {
         let pr = self.prs.get_mut(&m.from).expect("progress");
         pr.recent_active = true;
         pr.probe_sent = false;
+        // Appends can be lost; if the window stays full, free one slot per heartbeat round so
+        // replication resumes (a gap then makes the follower reject, and probing finds the match).
+        if pr.state == ProgressState::Replicate && pr.inflights.full() {
+            pr.inflights.free_first();
+        }
         if pr.matched < last {
             self.maybe_send_append(m.from, true);
         }
