@@ -119,6 +119,9 @@ pub(crate) struct Raft<S: Storage> {
     pending_conf_index: u64,
     pub(crate) lead_transferee: Option<u64>,
     read_only: ReadOnly,
+    /// Proposals appended since the last `Ready`: they go out together, one append per follower
+    /// for the whole batch, when the driver asks for the next `Ready`.
+    pub(crate) pending_bcast: bool,
     /// ReadIndex requests that arrived before this leader committed an entry of its term.
     pending_read_index: Vec<Message>,
     pub(crate) read_states: Vec<ReadState>,
@@ -153,6 +156,7 @@ impl<S: Storage> Raft<S> {
             pending_conf_index: 0,
             lead_transferee: None,
             read_only: ReadOnly::default(),
+            pending_bcast: false,
             pending_read_index: Vec::new(),
             read_states: Vec::new(),
             msgs: Vec::new(),
@@ -664,8 +668,15 @@ impl<S: Storage> Raft<S> {
             }
         }
         self.append_entries(m.entries)?;
-        self.bcast_append();
+        self.pending_bcast = true;
         Ok(())
+    }
+
+    /// Sends the proposals appended since the last `Ready` (see `pending_bcast`).
+    pub(crate) fn flush_proposals(&mut self) {
+        if std::mem::take(&mut self.pending_bcast) && self.role == StateRole::Leader {
+            self.bcast_append();
+        }
     }
 
     fn append_entries(&mut self, mut ents: Vec<Entry>) -> Result<(), ProposeError> {

@@ -180,6 +180,7 @@ impl<S: Storage> RawNode<S> {
             || !r.msgs.is_empty()
             || !r.msgs_after_persist.is_empty()
             || !r.read_states.is_empty()
+            || r.pending_bcast
     }
 
     fn soft_state(&self) -> SoftState {
@@ -189,6 +190,7 @@ impl<S: Storage> RawNode<S> {
     /// What the driver must do next. Panics if the previous `Ready` was not advanced.
     pub fn ready(&mut self) -> Ready {
         assert!(self.outstanding.is_none(), "ready() called before advance() of the last Ready");
+        self.raft.flush_proposals();
         self.ready_count += 1;
         self.outstanding = Some(self.ready_count);
         let ss = self.soft_state();
