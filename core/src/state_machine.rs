@@ -1,8 +1,9 @@
 //! What the log's entries mean: client writes applied to the MVCC store, configuration
 //! changes applied to the membership. Deterministic: equal logs give equal states.
 
+use crate::mvcc::COMPACT_KEYS_PER_STEP;
 use crate::mvcc::{MvccError, Store};
-use crate::pb::etcdserverpb::{DeleteRangeResponse, Member, PutResponse};
+use crate::pb::etcdserverpb::{CompactionResponse, DeleteRangeResponse, Member, PutResponse, TxnResponse};
 use crate::pb::keelpb::{request::Op, ConfChange, ConfChangeType, Entry, EntryType, Request};
 use prost::Message as _;
 use std::collections::BTreeMap;
@@ -12,6 +13,31 @@ use std::collections::BTreeMap;
 pub enum WriteResponse {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+impl WriteResponse {
+    /// The revision the write left the store at, which its reply reports.
+    pub fn revision(&self) -> i64 {
+        let h = match self {
+            WriteResponse::Put(r) => &r.header,
+            WriteResponse::DeleteRange(r) => &r.header,
+            WriteResponse::Txn(r) => &r.header,
+            WriteResponse::Compaction(r) => &r.header,
+        };
+        h.as_ref().map_or(0, |h| h.revision)
+    }
+
+    pub fn set_header(&mut self, header: crate::pb::etcdserverpb::ResponseHeader) {
+        let h = match self {
+            WriteResponse::Put(r) => &mut r.header,
+            WriteResponse::DeleteRange(r) => &mut r.header,
+            WriteResponse::Txn(r) => &mut r.header,
+            WriteResponse::Compaction(r) => &mut r.header,
+        };
+        *h = Some(header);
+    }
 }
 
 /// What applying one entry did, for the driver to route replies.
@@ -83,10 +109,15 @@ impl StateMachine {
             Some(Op::DeleteRange(del)) => {
                 self.store.delete_range(del).map(WriteResponse::DeleteRange).map_err(ApplyError::from)
             }
-            Some(Op::Txn(_)) => Err(ApplyError::Unsupported("txn")),
-            Some(Op::Compaction(_)) => Err(ApplyError::Unsupported("compaction")),
+            Some(Op::Txn(txn)) => self.store.txn(txn).map(WriteResponse::Txn).map_err(ApplyError::from),
+            Some(Op::Compaction(c)) => {
+                self.store.compact(c).map(WriteResponse::Compaction).map_err(ApplyError::from)
+            }
             None => Err(ApplyError::Unsupported("empty request")),
         };
+        // Physical compaction proceeds a bounded step per applied entry: equal logs still give
+        // equal states, and no single apply stalls on a large cleanup.
+        self.store.compact_step(COMPACT_KEYS_PER_STEP);
         Applied::Write { request_id: request.id, result }
     }
 

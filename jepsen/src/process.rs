@@ -113,14 +113,28 @@ pub struct CmdOutput {
 
 /// Runs `etcdctl --endpoints=<endpoint> <args>` with a bounded command timeout.
 pub fn etcdctl(bin: &Path, endpoint: &str, args: &[&str]) -> CmdOutput {
-    let out = Command::new(bin)
+    etcdctl_input(bin, endpoint, args, "")
+}
+
+/// Like [`etcdctl`], with `input` on standard input (for `txn`, `put` without a value, ...).
+pub fn etcdctl_input(bin: &Path, endpoint: &str, args: &[&str], input: &str) -> CmdOutput {
+    let mut child = Command::new(bin)
         .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=5s")
         .args(args)
         .env("ETCDCTL_API", "3")
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // etcdctl may exit before reading everything (a usage error); that is its answer.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("wait for {}: {e}", bin.display()));
     CmdOutput {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

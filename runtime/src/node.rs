@@ -267,11 +267,9 @@ impl<B: Backend> Driver<B> {
                 if let Applied::Write { request_id, result } = effect {
                     if let Some(reply) = self.writes.remove(&request_id) {
                         let result = result.map_err(RequestError::from).map(|mut r| {
-                            let header = Some(self.header_at_apply(&r));
-                            match &mut r {
-                                WriteResponse::Put(p) => p.header = header,
-                                WriteResponse::DeleteRange(d) => d.header = header,
-                            }
+                            // The revision is the one the write made, as etcd reports it.
+                            let header = ResponseHeader { revision: r.revision(), ..self.header() };
+                            r.set_header(header);
                             r
                         });
                         let _ = reply.send(result);
@@ -293,15 +291,6 @@ impl<B: Backend> Driver<B> {
             self.serve_ready_reads();
         }
         Ok(())
-    }
-
-    /// The header of a write's reply: the revision is the one the write made, as etcd reports.
-    fn header_at_apply(&self, r: &WriteResponse) -> ResponseHeader {
-        let revision = match r {
-            WriteResponse::Put(p) => p.header.as_ref().map(|h| h.revision),
-            WriteResponse::DeleteRange(d) => d.header.as_ref().map(|h| h.revision),
-        };
-        ResponseHeader { revision: revision.unwrap_or_else(|| self.sm.store.revision()), ..self.header() }
     }
 
     fn serve_ready_reads(&mut self) {

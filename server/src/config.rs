@@ -46,6 +46,9 @@ pub struct Config {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long = "max-request-bytes", default_value_t = 1572864)]
     pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long = "max-txn-ops", default_value_t = 128)]
+    pub max_txn_ops: usize,
     /// Log level: debug, info, warn, error.
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,

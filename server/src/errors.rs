@@ -9,6 +9,8 @@ pub const KEY_NOT_PROVIDED: &str = "etcdserver: key is not provided";
 pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
 pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
 
 pub fn invalid(msg: &str) -> Status {
     Status::new(Code::InvalidArgument, msg)

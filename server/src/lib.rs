@@ -77,7 +77,12 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     };
     let mut servers = Vec::new();
     for addr in resolved.client_addrs.clone() {
-        let svc = services::Services::new(handle.clone(), self_member.clone(), config.max_request_bytes);
+        let svc = services::Services::new(
+            handle.clone(),
+            self_member.clone(),
+            config.max_request_bytes,
+            config.max_txn_ops,
+        );
         let mut stop = shutdown.clone();
         servers.push(tokio::spawn(async move {
             let signal = async move {

@@ -12,12 +12,7 @@ async fn main() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
@@ -25,4 +20,21 @@ async fn main() {
         eprintln!("keel: {e}");
         std::process::exit(1);
     }
+}
+
+/// Ctrl-C or SIGTERM. (Under the madsim simulator the binary is not used; nodes are stopped by
+/// the simulation instead.)
+#[cfg(not(madsim))]
+async fn wait_for_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(madsim)]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -6,6 +6,7 @@ use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
 use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use crate::pb::etcdserverpb::*;
 use futures::Stream;
+use keel_core::mvcc::txn_keys_disjoint;
 use keel_core::pb::keelpb::request::Op;
 use keel_core::state_machine::WriteResponse;
 use runtime::node::NodeHandle;
@@ -21,6 +22,7 @@ pub(crate) struct Services {
     node: NodeHandle,
     self_member: Member,
     max_request_bytes: usize,
+    max_txn_ops: usize,
 }
 
 fn unimplemented(what: &str, issue: u32) -> Status {
@@ -28,8 +30,13 @@ fn unimplemented(what: &str, issue: u32) -> Status {
 }
 
 impl Services {
-    pub(crate) fn new(node: NodeHandle, self_member: Member, max_request_bytes: usize) -> Self {
-        Services { node, self_member, max_request_bytes }
+    pub(crate) fn new(
+        node: NodeHandle,
+        self_member: Member,
+        max_request_bytes: usize,
+        max_txn_ops: usize,
+    ) -> Self {
+        Services { node, self_member, max_request_bytes, max_txn_ops }
     }
 
     pub(crate) fn router(self) -> tonic::transport::server::Router {
@@ -45,6 +52,35 @@ impl Services {
             return Err(invalid(errors::REQUEST_TOO_LARGE));
         }
         Ok(())
+    }
+
+    /// etcd's `checkTxnRequest`: op counts, then every op as its own request would be checked.
+    fn check_txn(&self, t: &TxnRequest) -> Result<(), Status> {
+        let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
+        if ops > self.max_txn_ops {
+            return Err(invalid(errors::TOO_MANY_OPS));
+        }
+        if t.compare.iter().any(|c| c.key.is_empty()) {
+            return Err(invalid(errors::KEY_NOT_PROVIDED));
+        }
+        for op in t.success.iter().chain(t.failure.iter()) {
+            self.check_op(op)?;
+        }
+        Ok(())
+    }
+
+    fn check_op(&self, op: &RequestOp) -> Result<(), Status> {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
+                Err(invalid(errors::KEY_NOT_PROVIDED))
+            }
+            Some(request_op::Request::RequestPut(p)) => check_put(p),
+            Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                Err(invalid(errors::KEY_NOT_PROVIDED))
+            }
+            Some(request_op::Request::RequestTxn(t)) => self.check_txn(t),
+            _ => Ok(()),
+        }
     }
 
     async fn write(&self, op: Op) -> Result<WriteResponse, Status> {
@@ -66,15 +102,7 @@ impl Kv for Services {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
         self.check_size(&req)?;
-        if req.key.is_empty() {
-            return Err(invalid(errors::KEY_NOT_PROVIDED));
-        }
-        if req.ignore_value && !req.value.is_empty() {
-            return Err(invalid(errors::VALUE_PROVIDED));
-        }
-        if req.ignore_lease && req.lease != 0 {
-            return Err(invalid(errors::LEASE_PROVIDED));
-        }
+        check_put(&req)?;
         match self.write(Op::Put(req)).await? {
             WriteResponse::Put(r) => Ok(Response::new(r)),
             other => Err(Status::internal(format!("put answered with {other:?}"))),
@@ -96,16 +124,44 @@ impl Kv for Services {
         }
     }
 
-    async fn txn(&self, _request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        Err(unimplemented("Txn", 4))
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        self.check_txn(&req)?;
+        // Checked after the cheap checks, as etcd does, to avoid quadratic work on bad input.
+        if !txn_keys_disjoint(&req.success) || !txn_keys_disjoint(&req.failure) {
+            return Err(invalid(errors::DUPLICATE_KEY));
+        }
+        match self.write(Op::Txn(req)).await? {
+            WriteResponse::Txn(r) => Ok(Response::new(r)),
+            other => Err(Status::internal(format!("txn answered with {other:?}"))),
+        }
     }
 
     async fn compact(
         &self,
-        _request: Request<CompactionRequest>,
+        request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        Err(unimplemented("Compact", 4))
+        let req = request.into_inner();
+        match self.write(Op::Compaction(req)).await? {
+            WriteResponse::Compaction(r) => Ok(Response::new(r)),
+            other => Err(Status::internal(format!("compaction answered with {other:?}"))),
+        }
     }
+}
+
+/// etcd's `checkPutRequest`.
+fn check_put(req: &PutRequest) -> Result<(), Status> {
+    if req.key.is_empty() {
+        return Err(invalid(errors::KEY_NOT_PROVIDED));
+    }
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(invalid(errors::VALUE_PROVIDED));
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(invalid(errors::LEASE_PROVIDED));
+    }
+    Ok(())
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use jepsen::etcdctl;
+use jepsen::{etcdctl, etcdctl_input};
 
 /// etcdctl's client library logs retries as JSON lines with timestamps; the user-facing part of
 /// stderr is the rest (`Error: ...`).
@@ -70,6 +70,53 @@ fn etcdctl_kv_commands_match_etcd() {
         let got = (normalise(&got.stdout, &pair), user_stderr(&got.stderr), got.code);
         if want != got {
             mismatches.push(format!("etcdctl {args:?}\n  etcd: {want:?}\n  keel: {got:?}"));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} commands differ:\n{}",
+        mismatches.len(),
+        script.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// Txn (the seed's `txn --interactive` flows, SUCCESS and FAILURE), its bad inputs, and
+/// compaction with the errors reads below it get.
+#[test]
+fn etcdctl_txn_and_compaction_match_etcd() {
+    let pair = common::start_pair();
+    let many_ops: String = (0..129).map(|i| format!("put k{i} v\n")).collect();
+    let script: &[(&[&str], &str)] = &[
+        (&["put", "key1", "1"], ""),
+        (&["txn"], "mod(\"key1\") > \"0\"\n\nput key1 \"overwrote-key1\"\n\nput key1 \"created-key1\"\nput key2 \"some extra key\"\n\n"),
+        (&["get", "key", "--prefix", "-w", "json"], ""),
+        (&["txn"], "value(\"key1\") = \"nope\"\n\nput key1 x\n\nput key3 \"from failure\"\nget key1\ndel key2\n\n"),
+        (&["txn", "-w", "json"], "version(\"key3\") = \"1\"\ncreate(\"key1\") > \"1\"\n\nget key3\nput key4 four\ndel key3\n\n\n"),
+        (&["txn", "--interactive"], "mod(\"key4\") > \"0\"\n\nget key4\n\nput key4 other\n\n"),
+        (&["txn"], "\nput dup a\nput dup b\n\n\n"),
+        (&["txn"], "\nput dup a\ndel d\\0 e\n\n\n"),
+        (&["txn"], &format!("\n{many_ops}\n\n")),
+        (&["txn"], "value(\"missing\") = \"\"\n\nput a 1\n\nput b 2\n\n"),
+        (&["put", "c", "1"], ""),
+        (&["put", "c", "2"], ""),
+        (&["put", "c", "3"], ""),
+        (&["compaction", "5"], ""),
+        (&["get", "c", "--rev=4"], ""),
+        (&["get", "c", "--rev=5", "-w", "json"], ""),
+        (&["compaction", "5"], ""),
+        (&["compaction", "1000"], ""),
+        (&["compaction", "--physical", "7"], ""),
+        (&["get", "c", "-w", "json"], ""),
+    ];
+    let mut mismatches = Vec::new();
+    for (args, input) in script {
+        let want = etcdctl_input(&pair.bins.etcdctl, &pair.etcd.endpoint(), args, input);
+        let got = etcdctl_input(&pair.bins.etcdctl, &pair.keel.endpoint(), args, input);
+        let want = (normalise(&want.stdout, &pair), user_stderr(&want.stderr), want.code);
+        let got = (normalise(&got.stdout, &pair), user_stderr(&got.stderr), got.code);
+        if want != got {
+            mismatches.push(format!("etcdctl {args:?} <<< {input:?}\n  etcd: {want:?}\n  keel: {got:?}"));
         }
     }
     assert!(

@@ -20,7 +20,7 @@ impl KeyHistory {
         self.changes[n - 1].1.as_ref()
     }
 
-    /// The key's current value, if it exists now.
+    /// The key's latest value, if it exists now (including changes of a write in progress).
     pub(crate) fn live(&self) -> Option<&KeyValue> {
         self.changes.last().and_then(|(_, kv)| kv.as_ref())
     }
@@ -30,5 +30,22 @@ impl KeyHistory {
             assert!(rev > *last, "key history must grow: {rev:?} after {last:?}");
         }
         self.changes.push((rev, kv));
+    }
+
+    /// Drops every change that no read at a revision `>= rev` can see: all but the latest change
+    /// at or before `rev`, and that one too if it is a delete. Returns whether the key has no
+    /// history left.
+    pub(crate) fn compact(&mut self, rev: i64) -> bool {
+        let n = self.changes.partition_point(|(r, _)| r.main <= rev);
+        if n == 0 {
+            return self.changes.is_empty();
+        }
+        let keep_from = if self.changes[n - 1].1.is_some() { n - 1 } else { n };
+        self.changes.drain(..keep_from);
+        self.changes.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.changes.len()
     }
 }

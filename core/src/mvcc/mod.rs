@@ -5,4 +5,4 @@ mod revision;
 mod store;
 
 pub use revision::Revision;
-pub use store::{MvccError, Store};
+pub use store::{txn_keys_disjoint, MvccError, Store, COMPACT_KEYS_PER_STEP};

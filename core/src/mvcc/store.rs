@@ -1,9 +1,12 @@
 use super::key_index::KeyHistory;
 use super::revision::Revision;
 use crate::pb::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
     range_request::{SortOrder, SortTarget},
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader,
+    request_op::Request as Op,
+    response_op::Response as OpResponse,
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb::KeyValue;
 use bytes::Bytes;
@@ -25,16 +28,24 @@ pub enum MvccError {
     LeaseNotFound,
 }
 
+/// Bound on keys cleaned up in one step of physical compaction, so that a compaction never
+/// holds up the apply loop for long; the rest is done in later steps.
+pub const COMPACT_KEYS_PER_STEP: usize = 10_000;
+
 /// An in-memory multi-version key-value store with etcd's revision rules: an empty store is at
-/// revision 1, each write that changes something makes the next revision, and every version of
-/// every key stays readable until compaction.
+/// revision 1, each write that changes something makes the next revision (a txn is one
+/// revision, its changes numbered by sub-revision), and every version of every key stays
+/// readable until compacted.
 ///
-/// Invariant: every change recorded in `keys` has `main <= current`.
+/// Invariants: every change recorded in `keys` has `main <= current`; `compacted <= current`;
+/// reads below `compacted` fail even while physical cleanup (`compact_cursor`) is under way.
 #[derive(Debug, Clone)]
 pub struct Store {
     keys: BTreeMap<Bytes, KeyHistory>,
     current: i64,
     compacted: i64,
+    /// Next key to clean up physically, while a compaction is in progress.
+    compact_cursor: Option<Bytes>,
 }
 
 impl Default for Store {
@@ -43,9 +54,168 @@ impl Default for Store {
     }
 }
 
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader { revision, ..Default::default() })
+}
+
+/// One write in progress: every change it makes is at revision `main`, numbered by `sub`.
+/// Reads through it see its own changes, as reads inside an etcd txn do.
+struct Writer<'a> {
+    store: &'a mut Store,
+    main: i64,
+    sub: i64,
+}
+
+impl Writer<'_> {
+    /// The revision reads see: the write's own if it changed anything.
+    fn read_rev(&self) -> i64 {
+        if self.sub > 0 {
+            self.main
+        } else {
+            self.store.current
+        }
+    }
+
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.store.range_at(req, self.read_rev())
+    }
+
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
+        let prev = self.store.keys.get(&req.key[..]).and_then(|h| h.live()).cloned();
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        if req.lease != 0 && !req.ignore_lease {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let main = self.main;
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map_or(main, |p| p.create_revision),
+            mod_revision: main,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        self.store.keys.entry(req.key.clone()).or_default().record(Revision::new(main, self.sub), Some(kv));
+        self.sub += 1;
+        Ok(PutResponse { header: header(main), prev_kv: if req.prev_kv { prev } else { None } })
+    }
+
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let doomed: Vec<KeyValue> =
+            self.store.select(&req.key, &req.range_end).filter_map(|(_, h)| h.live().cloned()).collect();
+        for kv in &doomed {
+            let history = self.store.keys.get_mut(&kv.key[..]).expect("a selected key has a history");
+            history.record(Revision::new(self.main, self.sub), None);
+            self.sub += 1;
+        }
+        DeleteRangeResponse {
+            header: header(self.read_rev()),
+            deleted: doomed.len() as i64,
+            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        }
+    }
+
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(Op::RequestRange(r)) => OpResponse::ResponseRange(self.range(r)?),
+                Some(Op::RequestPut(p)) => OpResponse::ResponsePut(self.put(p)?),
+                Some(Op::RequestDeleteRange(d)) => OpResponse::ResponseDeleteRange(self.delete_range(d)),
+                Some(Op::RequestTxn(t)) => OpResponse::ResponseTxn(self.txn(t)?),
+                None => continue,
+            };
+            responses.push(ResponseOp { response: Some(response) });
+        }
+        Ok(TxnResponse { header: header(self.read_rev()), succeeded, responses })
+    }
+
+    /// etcd's compare: every key in the range must satisfy it; an empty range compares a
+    /// zero-valued key, except that a value compare on nothing always fails.
+    fn compare(&self, c: &Compare) -> bool {
+        let rev = self.read_rev();
+        let kvs: Vec<KeyValue> =
+            self.store.select(&c.key, &c.range_end).filter_map(|(_, h)| h.at(rev).cloned()).collect();
+        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        if kvs.is_empty() {
+            return target != CompareTarget::Value && compare_kv(c, target, &KeyValue::default());
+        }
+        kvs.iter().all(|kv| compare_kv(c, target, kv))
+    }
+
+    /// The errors a txn's chosen branch would hit, found before anything is written so that a
+    /// txn either applies whole or not at all (as etcd checks requests before applying).
+    fn check(&self, req: &TxnRequest) -> Result<(), MvccError> {
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        for op in if succeeded { &req.success } else { &req.failure } {
+            match &op.request {
+                Some(Op::RequestRange(r)) => {
+                    if r.revision > self.store.current {
+                        return Err(MvccError::FutureRev);
+                    }
+                    if r.revision > 0 && r.revision < self.store.compacted {
+                        return Err(MvccError::Compacted);
+                    }
+                }
+                Some(Op::RequestPut(p)) => {
+                    let exists = self.store.keys.get(&p.key[..]).and_then(|h| h.live()).is_some();
+                    if (p.ignore_value || p.ignore_lease) && !exists {
+                        return Err(MvccError::KeyNotFound);
+                    }
+                    if p.lease != 0 && !p.ignore_lease {
+                        return Err(MvccError::LeaseNotFound);
+                    }
+                }
+                Some(Op::RequestTxn(t)) => self.check(t)?,
+                Some(Op::RequestDeleteRange(_)) | None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) {
+        if self.sub > 0 {
+            self.store.current = self.main;
+        }
+    }
+}
+
+fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
+    let ordering = match (target, &c.target_union) {
+        (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value[..].cmp(&v[..]),
+        (CompareTarget::Value, _) => kv.value[..].cmp(&[][..]),
+        (CompareTarget::Version, Some(TargetUnion::Version(v))) => kv.version.cmp(v),
+        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
+        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
+        (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => kv.lease.cmp(v),
+        (CompareTarget::Version, _) => kv.version.cmp(&0),
+        (CompareTarget::Create, _) => kv.create_revision.cmp(&0),
+        (CompareTarget::Mod, _) => kv.mod_revision.cmp(&0),
+        (CompareTarget::Lease, _) => kv.lease.cmp(&0),
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::NotEqual => ordering.is_ne(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+    }
+}
+
 impl Store {
     pub fn new() -> Self {
-        Store { keys: BTreeMap::new(), current: 1, compacted: 0 }
+        Store { keys: BTreeMap::new(), current: 1, compacted: 0, compact_cursor: None }
     }
 
     /// The store's current revision.
@@ -53,8 +223,14 @@ impl Store {
         self.current
     }
 
-    fn header(&self) -> Option<ResponseHeader> {
-        Some(ResponseHeader { revision: self.current, ..Default::default() })
+    /// The revision the store was last compacted at (0 if never).
+    pub fn compacted(&self) -> i64 {
+        self.compacted
+    }
+
+    fn writer(&mut self) -> Writer<'_> {
+        let main = self.current + 1;
+        Writer { store: self, main, sub: 0 }
     }
 
     /// Keys selected by etcd's range rules: an empty `end` selects `key` alone; `end == "\0"`
@@ -79,13 +255,18 @@ impl Store {
     }
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        if req.revision > self.current {
+        self.range_at(req, self.current)
+    }
+
+    /// A range read; `current` is the newest revision the reader may see.
+    fn range_at(&self, req: &RangeRequest, current: i64) -> Result<RangeResponse, MvccError> {
+        if req.revision > current {
             return Err(MvccError::FutureRev);
         }
         if req.revision > 0 && req.revision < self.compacted {
             return Err(MvccError::Compacted);
         }
-        let rev = if req.revision <= 0 { self.current } else { req.revision };
+        let rev = if req.revision <= 0 { current } else { req.revision };
         let mut kvs: Vec<KeyValue> =
             self.select(&req.key, &req.range_end).filter_map(|(_, h)| h.at(rev).cloned()).collect();
         let count = kvs.len() as i64;
@@ -126,58 +307,281 @@ impl Store {
                 kv.value = Bytes::new();
             }
         }
-        Ok(RangeResponse { header: self.header(), kvs, more, count })
+        Ok(RangeResponse { header: header(current), kvs, more, count })
     }
 
     /// Applies a put. Leases are not granted by this store yet, so any lease is unknown.
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
-        let prev = self.keys.get(&req.key[..]).and_then(|h| h.live()).cloned();
-        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
-            return Err(MvccError::KeyNotFound);
-        }
-        if req.lease != 0 && !req.ignore_lease {
-            return Err(MvccError::LeaseNotFound);
-        }
-        let main = self.current + 1;
-        let value = match (&prev, req.ignore_value) {
-            (Some(p), true) => p.value.clone(),
-            _ => req.value.clone(),
-        };
-        let lease = match (&prev, req.ignore_lease) {
-            (Some(p), true) => p.lease,
-            _ => req.lease,
-        };
-        let kv = KeyValue {
-            key: req.key.clone(),
-            create_revision: prev.as_ref().map_or(main, |p| p.create_revision),
-            mod_revision: main,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
-            value,
-            lease,
-        };
-        self.keys.entry(req.key.clone()).or_default().record(Revision::new(main, 0), Some(kv));
-        self.current = main;
-        Ok(PutResponse { header: self.header(), prev_kv: if req.prev_kv { prev } else { None } })
+        let mut w = self.writer();
+        let resp = w.put(req)?;
+        w.finish();
+        Ok(resp)
     }
 
     /// Applies a delete. Deleting nothing does not make a new revision.
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
-        let doomed: Vec<KeyValue> =
-            self.select(&req.key, &req.range_end).filter_map(|(_, h)| h.live().cloned()).collect();
-        if doomed.is_empty() {
-            return Ok(DeleteRangeResponse { header: self.header(), deleted: 0, prev_kvs: Vec::new() });
+        let mut w = self.writer();
+        let resp = w.delete_range(req);
+        w.finish();
+        Ok(resp)
+    }
+
+    /// Applies a txn: the compares pick a branch, whose ops apply in order as one revision
+    /// (sub-revisions in op order), each seeing the ones before it. Nothing is written if any op
+    /// of the chosen branch would fail.
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let mut w = self.writer();
+        w.check(req)?;
+        let resp = w.txn(req);
+        let resp = resp.expect("a checked txn applies");
+        w.finish();
+        Ok(resp)
+    }
+
+    /// Compacts at `req.revision`: reads below it fail from now on; the history they would need
+    /// is dropped in bounded steps ([`Store::compact_step`]).
+    pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, MvccError> {
+        if req.revision <= self.compacted {
+            return Err(MvccError::Compacted);
         }
-        let main = self.current + 1;
-        for (sub, kv) in doomed.iter().enumerate() {
-            let history = self.keys.get_mut(&kv.key[..]).expect("a selected key has a history");
-            history.record(Revision::new(main, sub as i64), None);
+        if req.revision > self.current {
+            return Err(MvccError::FutureRev);
         }
-        self.current = main;
-        let deleted = doomed.len() as i64;
-        Ok(DeleteRangeResponse {
-            header: self.header(),
-            deleted,
-            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        self.compacted = req.revision;
+        self.compact_cursor = Some(Bytes::new());
+        if req.physical {
+            while self.compact_step(COMPACT_KEYS_PER_STEP) {}
+        }
+        Ok(CompactionResponse { header: header(self.current) })
+    }
+
+    /// Cleans up to `max_keys` keys' history below the compacted revision. Returns whether
+    /// there is more to do.
+    pub fn compact_step(&mut self, max_keys: usize) -> bool {
+        let Some(from) = self.compact_cursor.take() else { return false };
+        let keys: Vec<Bytes> = self.keys.range(from..).take(max_keys + 1).map(|(k, _)| k.clone()).collect();
+        let (batch, next) = if keys.len() > max_keys {
+            (&keys[..max_keys], Some(keys[max_keys].clone()))
+        } else {
+            (&keys[..], None)
+        };
+        for k in batch {
+            let empty = self.keys.get_mut(k).expect("listed key").compact(self.compacted);
+            if empty {
+                self.keys.remove(k);
+            }
+        }
+        self.compact_cursor = next;
+        self.compact_cursor.is_some()
+    }
+
+    /// Number of changes held, for tests and metrics.
+    pub fn history_len(&self) -> usize {
+        self.keys.values().map(KeyHistory::len).sum()
+    }
+}
+
+/// etcd's `checkIntervals`: within one branch of a txn (nested txns included), no key may be put
+/// twice, nor put and deleted. Returns false for a txn etcd rejects with `duplicate key given in
+/// txn request`.
+pub fn txn_keys_disjoint(ops: &[RequestOp]) -> bool {
+    intervals(ops).is_some()
+}
+
+/// Puts and deletes of a branch: `None` if the branch conflicts with itself.
+#[allow(clippy::type_complexity)]
+fn intervals(ops: &[RequestOp]) -> Option<(Vec<Bytes>, Vec<(Bytes, Bytes)>)> {
+    let mut dels: Vec<(Bytes, Bytes)> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Op::RequestDeleteRange(d)) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
         })
+        .collect();
+    // etcd compares a put against deleted intervals as affine intervals: an empty end is a point,
+    // any other end (even "\0") is `[key, end)` by byte order.
+    let deleted = |dels: &[(Bytes, Bytes)], k: &[u8]| {
+        dels.iter().any(|(s, e)| if e.is_empty() { &s[..] == k } else { k >= &s[..] && k < &e[..] })
+    };
+    let mut puts: Vec<Bytes> = Vec::new();
+    for op in ops {
+        let Some(Op::RequestTxn(t)) = &op.request else { continue };
+        let (puts_then, dels_then) = intervals(&t.success)?;
+        let (puts_else, dels_else) = intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return None;
+            }
+            puts.push(k.clone());
+        }
+        for k in &puts_else {
+            // The two branches exclude each other: a key in both is fine.
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return None;
+            }
+            if !puts.contains(k) {
+                puts.push(k.clone());
+            }
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(Op::RequestPut(p)) = &op.request else { continue };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return None;
+        }
+        puts.push(p.key.clone());
+    }
+    Some((puts, dels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                range_end: Bytes::copy_from_slice(end.as_bytes()),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn get(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestRange(RangeRequest {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn cmp_value(k: &str, v: &str) -> Compare {
+        Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            target_union: Some(TargetUnion::Value(Bytes::copy_from_slice(v.as_bytes()))),
+            range_end: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn txn_is_one_revision_with_sub_revisions_in_op_order() {
+        let mut s = Store::new();
+        let r = s
+            .txn(&TxnRequest {
+                compare: vec![],
+                success: vec![put("a", "1"), put("b", "2"), get("a")],
+                failure: vec![],
+            })
+            .unwrap();
+        assert!(r.succeeded);
+        assert_eq!(s.revision(), 2);
+        let Some(OpResponse::ResponseRange(got)) = &r.responses[2].response else { panic!() };
+        assert_eq!(got.kvs[0].value, "1", "a txn's read sees its own earlier put");
+        assert_eq!(got.kvs[0].mod_revision, 2);
+    }
+
+    #[test]
+    fn compare_picks_the_branch_and_value_compare_on_missing_key_fails() {
+        let mut s = Store::new();
+        s.put(&PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).unwrap();
+        let t = TxnRequest {
+            compare: vec![cmp_value("k", "v")],
+            success: vec![put("x", "s")],
+            failure: vec![put("x", "f")],
+        };
+        assert!(s.txn(&t).unwrap().succeeded);
+        let t = TxnRequest { compare: vec![cmp_value("missing", "")], success: vec![], failure: vec![] };
+        assert!(!s.txn(&t).unwrap().succeeded);
+    }
+
+    #[test]
+    fn read_only_or_failed_txn_makes_no_revision() {
+        let mut s = Store::new();
+        s.txn(&TxnRequest { compare: vec![], success: vec![get("a"), del("zz", "")], failure: vec![] })
+            .unwrap();
+        assert_eq!(s.revision(), 1);
+        let bad = RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: "a".into(),
+                ignore_value: true,
+                ..Default::default()
+            })),
+        };
+        let err = s
+            .txn(&TxnRequest { compare: vec![], success: vec![put("b", "1"), bad], failure: vec![] })
+            .unwrap_err();
+        assert_eq!(err, MvccError::KeyNotFound);
+        assert_eq!(s.revision(), 1);
+        assert!(
+            s.range(&RangeRequest { key: "b".into(), ..Default::default() }).unwrap().kvs.is_empty(),
+            "nothing applied"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_follow_etcds_interval_rules() {
+        assert!(txn_keys_disjoint(&[put("a", "1"), put("b", "1")]));
+        assert!(!txn_keys_disjoint(&[put("a", "1"), put("a", "2")]));
+        assert!(!txn_keys_disjoint(&[put("a", "1"), del("a", "")]));
+        assert!(!txn_keys_disjoint(&[put("b", "1"), del("a", "c")]));
+        assert!(txn_keys_disjoint(&[del("a", "c"), del("b", "")]), "deletes may overlap each other");
+        let nested = RequestOp {
+            request: Some(Op::RequestTxn(TxnRequest {
+                compare: vec![],
+                success: vec![put("n", "1")],
+                failure: vec![put("n", "2")],
+            })),
+        };
+        assert!(
+            txn_keys_disjoint(std::slice::from_ref(&nested)),
+            "then/else of a nested txn exclude each other"
+        );
+        assert!(!txn_keys_disjoint(&[nested, put("n", "3")]));
+    }
+
+    #[test]
+    fn compaction_errors_and_cleanup() {
+        let mut s = Store::new();
+        for i in 0..5 {
+            s.put(&PutRequest { key: "k".into(), value: format!("v{i}").into(), ..Default::default() })
+                .unwrap();
+        }
+        s.delete_range(&DeleteRangeRequest { key: "k".into(), ..Default::default() }).unwrap();
+        s.put(&PutRequest { key: "j".into(), value: "x".into(), ..Default::default() }).unwrap();
+        assert_eq!(s.revision(), 8);
+        assert_eq!(
+            s.compact(&CompactionRequest { revision: 9, physical: false }).unwrap_err(),
+            MvccError::FutureRev
+        );
+        s.compact(&CompactionRequest { revision: 4, physical: false }).unwrap();
+        assert_eq!(
+            s.compact(&CompactionRequest { revision: 4, physical: false }).unwrap_err(),
+            MvccError::Compacted
+        );
+        let at =
+            |s: &Store, rev| s.range(&RangeRequest { key: "k".into(), revision: rev, ..Default::default() });
+        assert_eq!(at(&s, 3).unwrap_err(), MvccError::Compacted);
+        assert_eq!(at(&s, 4).unwrap().kvs[0].value, "v2", "the compacted revision itself stays readable");
+        while s.compact_step(1) {}
+        assert_eq!(at(&s, 4).unwrap().kvs[0].value, "v2");
+        assert_eq!(s.history_len(), 5, "k: v2, v3, v4, tombstone; j: x");
+        s.compact(&CompactionRequest { revision: 8, physical: true }).unwrap();
+        assert_eq!(s.history_len(), 1, "k's deleted generation is gone entirely");
     }
 }
