@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ids;
+pub mod lease;
 pub mod mvcc;
 pub mod pb;
 pub mod raft;

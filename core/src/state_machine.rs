@@ -45,8 +45,13 @@ impl WriteResponse {
 pub enum Applied {
     /// An empty entry (a new leader's) or one carrying nothing to reply to.
     Nothing,
-    /// A client write; `request_id` names the proposer's waiter.
-    Write { request_id: u64, result: Result<WriteResponse, ApplyError> },
+    /// A client write; `request_id` names the proposer's waiter. `events` are the changes it
+    /// made (empty if none), for watchers.
+    Write {
+        request_id: u64,
+        result: Result<WriteResponse, ApplyError>,
+        events: Vec<crate::pb::mvccpb::Event>,
+    },
     /// A committed configuration change: the driver hands it to Raft
     /// ([`crate::raft::RawNode::apply_conf_change`]).
     ConfChange { change: ConfChange },
@@ -118,7 +123,8 @@ impl StateMachine {
         // Physical compaction proceeds a bounded step per applied entry: equal logs still give
         // equal states, and no single apply stalls on a large cleanup.
         self.store.compact_step(COMPACT_KEYS_PER_STEP);
-        Applied::Write { request_id: request.id, result }
+        let events = self.store.take_events();
+        Applied::Write { request_id: request.id, result, events }
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Applied {

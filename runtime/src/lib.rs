@@ -11,3 +11,4 @@ pub mod node;
 pub mod ready;
 pub mod recover;
 pub mod wal;
+pub mod watch;

@@ -6,6 +6,7 @@
 use crate::backend::Backend;
 use crate::ready::handle_ready;
 use crate::recover::Recovered;
+use crate::watch::{WatchHub, WatchSpec, WatchUpdate};
 use keel_core::mvcc::MvccError;
 use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
 use keel_core::pb::keelpb::{request::Op, Request};
@@ -56,6 +57,11 @@ pub struct NodeStatus {
 }
 
 enum Command {
+    WatchOpen { reply: oneshot::Sender<(u64, mpsc::Receiver<WatchUpdate>)> },
+    WatchCreate { stream: u64, watch_id: i64, spec: WatchSpec },
+    WatchCancel { stream: u64, watch_id: i64 },
+    WatchProgress { stream: u64 },
+    WatchClose { stream: u64 },
     Propose { op: Op, reply: oneshot::Sender<Result<WriteResponse, RequestError>> },
     Range { req: RangeRequest, reply: oneshot::Sender<Result<RangeResponse, RequestError>> },
     Status { reply: oneshot::Sender<NodeStatus> },
@@ -81,6 +87,34 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Range { req, reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Opens a watch stream: its id and the updates the hub sends it.
+    pub async fn watch_open(&self) -> Result<(u64, mpsc::Receiver<WatchUpdate>), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::WatchOpen { reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
+    }
+
+    pub async fn watch_create(
+        &self,
+        stream: u64,
+        watch_id: i64,
+        spec: WatchSpec,
+    ) -> Result<(), RequestError> {
+        self.tx.send(Command::WatchCreate { stream, watch_id, spec }).await.map_err(|_| RequestError::Stopped)
+    }
+
+    pub async fn watch_cancel(&self, stream: u64, watch_id: i64) -> Result<(), RequestError> {
+        self.tx.send(Command::WatchCancel { stream, watch_id }).await.map_err(|_| RequestError::Stopped)
+    }
+
+    pub async fn watch_progress(&self, stream: u64) -> Result<(), RequestError> {
+        self.tx.send(Command::WatchProgress { stream }).await.map_err(|_| RequestError::Stopped)
+    }
+
+    pub async fn watch_close(&self, stream: u64) {
+        let _ = self.tx.send(Command::WatchClose { stream }).await;
     }
 
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
@@ -114,6 +148,7 @@ struct Driver<B: Backend> {
     reads_by_index: BTreeMap<u64, Vec<RangeReply>>,
     pending_reads: usize,
     next_seq: u64,
+    hub: WatchHub,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -136,13 +171,20 @@ pub fn spawn<B: Backend + 'static>(
         reads_by_index: BTreeMap::new(),
         pending_reads: 0,
         next_seq: 0,
+        hub: WatchHub::new(),
     };
     let join = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(d.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => d.node.tick(),
+                _ = ticker.tick() => {
+                    d.node.tick();
+                    // Watchers that fell behind catch up as their clients read.
+                    if d.hub.has_unsynced() {
+                        d.hub.catch_up(&d.sm.store, d.header());
+                    }
+                }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return Ok(()) };
                     d.handle(cmd);
@@ -187,6 +229,17 @@ impl<B: Backend> Driver<B> {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
+            Command::WatchOpen { reply } => {
+                let _ = reply.send(self.hub.open_stream());
+            }
+            Command::WatchCreate { stream, watch_id, spec } => {
+                let header = self.header();
+                self.hub.create(stream, watch_id, spec, &self.sm.store, header);
+                self.hub.catch_up(&self.sm.store, header);
+            }
+            Command::WatchCancel { stream, watch_id } => self.hub.cancel(stream, watch_id, self.header()),
+            Command::WatchProgress { stream } => self.hub.progress(stream, self.header()),
+            Command::WatchClose { stream } => self.hub.close_stream(stream),
             Command::Propose { op, reply } => {
                 if self.writes.len() >= PENDING_WRITES_MAX {
                     let _ = reply.send(Err(RequestError::TooManyRequests));
@@ -264,7 +317,11 @@ impl<B: Backend> Driver<B> {
             let outcome = handle_ready(&mut self.node, &mut self.wal, &mut self.sm, &mut |_m| {})
                 .map_err(|e| e.to_string())?;
             for (_, effect) in outcome.applied {
-                if let Applied::Write { request_id, result } = effect {
+                if let Applied::Write { request_id, result, events } = effect {
+                    if !events.is_empty() {
+                        let revision = events[0].kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                        self.hub.notify(&events, ResponseHeader { revision, ..self.header() });
+                    }
                     if let Some(reply) = self.writes.remove(&request_id) {
                         let result = result.map_err(RequestError::from).map(|mut r| {
                             // The revision is the one the write made, as etcd reports it.

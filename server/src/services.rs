@@ -4,12 +4,14 @@ use crate::errors::{self, invalid, request_status};
 use crate::pb::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
 use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::etcdserverpb::*;
 use futures::Stream;
 use keel_core::mvcc::txn_keys_disjoint;
 use keel_core::pb::keelpb::request::Op;
 use keel_core::state_machine::WriteResponse;
 use runtime::node::NodeHandle;
+use runtime::watch::{WatchSpec, WatchUpdate};
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
@@ -44,6 +46,7 @@ impl Services {
         tonic::transport::Server::builder()
             .add_service(KvServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(MaintenanceServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(WatchServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max))
     }
 
@@ -275,5 +278,90 @@ impl Cluster for Services {
         _r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         Err(unimplemented("MemberPromote", 7))
+    }
+}
+
+type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+fn watch_response(update: WatchUpdate) -> WatchResponse {
+    match update {
+        WatchUpdate::Created { watch_id, header } => {
+            WatchResponse { header: Some(header), watch_id, created: true, ..Default::default() }
+        }
+        WatchUpdate::Events { watch_id, header, events } => {
+            WatchResponse { header: Some(header), watch_id, events, ..Default::default() }
+        }
+        WatchUpdate::Canceled { watch_id, header, compact_revision, reason } => WatchResponse {
+            header: Some(header),
+            watch_id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: reason,
+            ..Default::default()
+        },
+        // A stream-wide progress notification carries no watch id (etcd's -1).
+        WatchUpdate::Progress { header } => {
+            WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for Services {
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<tonic::Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut inbound = request.into_inner();
+        let node = self.node.clone();
+        let (stream, rx) = node.watch_open().await.map_err(request_status)?;
+        tokio::spawn(async move {
+            // Watch ids are per stream; automatic ones count up from 0, skipping ids in use.
+            let mut in_use = std::collections::HashSet::new();
+            let mut next_id: i64 = 0;
+            while let Ok(Some(req)) = inbound.message().await {
+                let sent = match req.request_union {
+                    Some(watch_request::RequestUnion::CreateRequest(c)) => {
+                        let id = if c.watch_id != 0 {
+                            c.watch_id
+                        } else {
+                            while in_use.contains(&next_id) {
+                                next_id += 1;
+                            }
+                            next_id
+                        };
+                        in_use.insert(id);
+                        let filters = |f: watch_create_request::FilterType| c.filters.contains(&(f as i32));
+                        let spec = WatchSpec {
+                            key: c.key.clone(),
+                            range_end: c.range_end.clone(),
+                            start_revision: c.start_revision,
+                            no_put: filters(watch_create_request::FilterType::Noput),
+                            no_delete: filters(watch_create_request::FilterType::Nodelete),
+                            prev_kv: c.prev_kv,
+                        };
+                        node.watch_create(stream, id, spec).await
+                    }
+                    Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                        in_use.remove(&c.watch_id);
+                        node.watch_cancel(stream, c.watch_id).await
+                    }
+                    Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                        node.watch_progress(stream).await
+                    }
+                    None => Ok(()),
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+            node.watch_close(stream).await;
+        });
+        let out = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|update| (Ok(watch_response(update)), rx))
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 }

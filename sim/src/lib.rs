@@ -122,7 +122,7 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
                         .unwrap_or_else(|e| panic!("seed {seed}: WAL failed: {e}"));
                     for (index, effect) in outcome.applied {
                         digest(&mut summary.trace_digest, index);
-                        let Applied::Write { request_id, result } = effect else { continue };
+                        let Applied::Write { request_id, result, .. } = effect else { continue };
                         let Some(op) = pending.remove(&request_id) else { continue };
                         match (op, result) {
                             (Op::Put(p), Ok(WriteResponse::Put(r))) => {

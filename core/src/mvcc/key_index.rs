@@ -45,6 +45,20 @@ impl KeyHistory {
         self.changes.is_empty()
     }
 
+    /// Changes with `from <= main <= to`, each with the value before it (for `prev_kv`).
+    pub(crate) fn changes_between(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> impl Iterator<Item = (Revision, Option<&KeyValue>, Option<&KeyValue>)> + '_ {
+        let start = self.changes.partition_point(|(r, _)| r.main < from);
+        let end = self.changes.partition_point(|(r, _)| r.main <= to);
+        (start..end).map(move |i| {
+            let prev = if i == 0 { None } else { self.changes[i - 1].1.as_ref() };
+            (self.changes[i].0, self.changes[i].1.as_ref(), prev)
+        })
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.changes.len()
     }

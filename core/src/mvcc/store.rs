@@ -8,7 +8,7 @@ use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::pb::mvccpb::KeyValue;
+use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -46,6 +46,8 @@ pub struct Store {
     compacted: i64,
     /// Next key to clean up physically, while a compaction is in progress.
     compact_cursor: Option<Bytes>,
+    /// Events of the last write, in (revision, sub-revision) order, for watchers.
+    events: Vec<Event>,
 }
 
 impl Default for Store {
@@ -105,8 +107,13 @@ impl Writer<'_> {
             value,
             lease,
         };
-        self.store.keys.entry(req.key.clone()).or_default().record(Revision::new(main, self.sub), Some(kv));
+        self.store
+            .keys
+            .entry(req.key.clone())
+            .or_default()
+            .record(Revision::new(main, self.sub), Some(kv.clone()));
         self.sub += 1;
+        self.store.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
         Ok(PutResponse { header: header(main), prev_kv: if req.prev_kv { prev } else { None } })
     }
 
@@ -117,6 +124,11 @@ impl Writer<'_> {
             let history = self.store.keys.get_mut(&kv.key[..]).expect("a selected key has a history");
             history.record(Revision::new(self.main, self.sub), None);
             self.sub += 1;
+            self.store.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue { key: kv.key.clone(), mod_revision: self.main, ..Default::default() }),
+                prev_kv: Some(kv.clone()),
+            });
         }
         DeleteRangeResponse {
             header: header(self.read_rev()),
@@ -215,7 +227,7 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
 
 impl Store {
     pub fn new() -> Self {
-        Store { keys: BTreeMap::new(), current: 1, compacted: 0, compact_cursor: None }
+        Store { keys: BTreeMap::new(), current: 1, compacted: 0, compact_cursor: None, events: Vec::new() }
     }
 
     /// The store's current revision.
@@ -229,6 +241,7 @@ impl Store {
     }
 
     fn writer(&mut self) -> Writer<'_> {
+        self.events.clear();
         let main = self.current + 1;
         Writer { store: self, main, sub: 0 }
     }
@@ -373,6 +386,59 @@ impl Store {
         }
         self.compact_cursor = next;
         self.compact_cursor.is_some()
+    }
+
+    /// The events of the last write (empty if it changed nothing), leaving none behind.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Events in revisions `[from, to]` for keys in etcd's range (`key`, `end`), in revision
+    /// order, for a watcher catching up. Whole revisions only: it stops at the first revision
+    /// boundary after `max_events`. Returns the events and the next revision to read from.
+    /// Fails with `Compacted` if `from` is below the compacted revision.
+    pub fn history_events(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
+        if from < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let mut found: Vec<(Revision, Event)> = Vec::new();
+        for (_, h) in self.select(key, end) {
+            for (rev, kv, prev) in h.changes_between(from, to) {
+                let event = match kv {
+                    Some(kv) => {
+                        Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: prev.cloned() }
+                    }
+                    None => Event {
+                        r#type: EventType::Delete as i32,
+                        kv: Some(KeyValue {
+                            key: prev.map(|p| p.key.clone()).unwrap_or_default(),
+                            mod_revision: rev.main,
+                            ..Default::default()
+                        }),
+                        prev_kv: prev.cloned(),
+                    },
+                };
+                found.push((rev, event));
+            }
+        }
+        found.sort_by_key(|(rev, _)| *rev);
+        let mut out = Vec::new();
+        let mut next = to + 1;
+        for (i, (rev, event)) in found.iter().enumerate() {
+            if out.len() >= max_events && i > 0 && found[i - 1].0.main != rev.main {
+                next = rev.main;
+                break;
+            }
+            out.push(event.clone());
+        }
+        Ok((out, next))
     }
 
     /// Number of changes held, for tests and metrics.
@@ -553,6 +619,34 @@ mod tests {
             "then/else of a nested txn exclude each other"
         );
         assert!(!txn_keys_disjoint(&[nested, put("n", "3")]));
+    }
+
+    #[test]
+    fn writes_report_events_and_history_replays_them() {
+        let mut s = Store::new();
+        s.put(&PutRequest { key: "a".into(), value: "1".into(), ..Default::default() }).unwrap();
+        let e = s.take_events();
+        assert_eq!((e.len(), e[0].r#type, e[0].prev_kv.is_none()), (1, EventType::Put as i32, true));
+        s.txn(&TxnRequest {
+            compare: vec![],
+            success: vec![put("a", "2"), put("b", "1"), del("a", "")],
+            failure: vec![],
+        })
+        .unwrap();
+        let live = s.take_events();
+        assert_eq!(live.len(), 3, "a txn's events come together, in op order");
+        assert_eq!(live[2].r#type, EventType::Delete as i32);
+        assert_eq!(live[2].prev_kv.as_ref().unwrap().value, "2");
+        let (hist, next) = s.history_events(b"a", b"c", 2, s.revision(), 100).unwrap();
+        assert_eq!(next, 4);
+        assert_eq!(hist.len(), 4);
+        assert_eq!(&hist[1..], &live[..], "history replays exactly the live events");
+        let (first, next) = s.history_events(b"a", b"c", 2, s.revision(), 1).unwrap();
+        assert_eq!((first.len(), next), (1, 3), "batches end on a revision boundary");
+        s.delete_range(&DeleteRangeRequest { key: "nothing".into(), ..Default::default() }).unwrap();
+        assert!(s.take_events().is_empty());
+        s.compact(&CompactionRequest { revision: 3, physical: true }).unwrap();
+        assert_eq!(s.history_events(b"a", b"c", 2, 3, 10).unwrap_err(), MvccError::Compacted);
     }
 
     #[test]
