@@ -80,7 +80,7 @@ impl WatchSpec {
                 let put = e.r#type == EventType::Put as i32;
                 in_range(key, &self.key, &self.range_end)
                     && !(put && self.no_put)
-                    && !(!put && self.no_delete)
+                    && (put || !self.no_delete)
             })
             .map(|e| {
                 let mut e = e.clone();
