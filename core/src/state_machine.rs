@@ -1,10 +1,15 @@
 //! What the log's entries mean: client writes applied to the MVCC store, configuration
 //! changes applied to the membership. Deterministic: equal logs give equal states.
 
+use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::COMPACT_KEYS_PER_STEP;
 use crate::mvcc::{MvccError, Store};
-use crate::pb::etcdserverpb::{CompactionResponse, DeleteRangeResponse, Member, PutResponse, TxnResponse};
+use crate::pb::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, Member, PutResponse, TxnResponse,
+};
 use crate::pb::keelpb::{request::Op, ConfChange, ConfChangeType, Entry, EntryType, Request};
+use crate::pb::mvccpb::{event::EventType, Event};
 use prost::Message as _;
 use std::collections::BTreeMap;
 
@@ -15,6 +20,9 @@ pub enum WriteResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
 }
 
 impl WriteResponse {
@@ -25,6 +33,9 @@ impl WriteResponse {
             WriteResponse::DeleteRange(r) => &r.header,
             WriteResponse::Txn(r) => &r.header,
             WriteResponse::Compaction(r) => &r.header,
+            WriteResponse::LeaseGrant(r) => &r.header,
+            WriteResponse::LeaseRevoke(r) => &r.header,
+            WriteResponse::LeaseCheckpoint(r) => &r.header,
         };
         h.as_ref().map_or(0, |h| h.revision)
     }
@@ -35,6 +46,9 @@ impl WriteResponse {
             WriteResponse::DeleteRange(r) => &mut r.header,
             WriteResponse::Txn(r) => &mut r.header,
             WriteResponse::Compaction(r) => &mut r.header,
+            WriteResponse::LeaseGrant(r) => &mut r.header,
+            WriteResponse::LeaseRevoke(r) => &mut r.header,
+            WriteResponse::LeaseCheckpoint(r) => &mut r.header,
         };
         *h = Some(header);
     }
@@ -61,6 +75,8 @@ pub enum Applied {
 pub enum ApplyError {
     #[error(transparent)]
     Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     /// The entry is not one this version of Keel understands. Applying nothing keeps every
     /// replica equal; the proposer is told.
     #[error("etcdserver: unsupported request in log entry: {0}")]
@@ -69,17 +85,42 @@ pub enum ApplyError {
 
 /// The replicated state: the key-value store and the cluster's members.
 ///
-/// Invariant: `applied_index` is the index of the last entry passed to [`StateMachine::apply`].
-#[derive(Debug, Default)]
+/// Invariants: `applied_index` is the index of the last entry passed to
+/// [`StateMachine::apply`]; the store's known leases are exactly the lessor's.
 pub struct StateMachine {
     pub store: Store,
+    pub lessor: Lessor,
     members: BTreeMap<u64, Member>,
     applied_index: u64,
 }
 
+impl Default for StateMachine {
+    fn default() -> Self {
+        StateMachine::new(LessorConfig::default())
+    }
+}
+
 impl StateMachine {
-    pub fn new() -> Self {
-        StateMachine::default()
+    pub fn new(lease_config: LessorConfig) -> Self {
+        StateMachine {
+            store: Store::new(),
+            lessor: Lessor::new(lease_config),
+            members: BTreeMap::new(),
+            applied_index: 0,
+        }
+    }
+
+    /// Keeps the lessor's key sets in step with what the write did to keys.
+    fn track_leases(&mut self, events: &[Event]) {
+        for e in events {
+            let Some(kv) = &e.kv else { continue };
+            if e.r#type == EventType::Put as i32 && kv.lease != 0 {
+                // Attaching moves the key off any lease it had; the lease exists (the put checked).
+                let _ = self.lessor.attach(kv.lease, kv.key.clone());
+            } else {
+                self.lessor.detach_key(&kv.key);
+            }
+        }
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -90,7 +131,9 @@ impl StateMachine {
         self.members.values()
     }
 
-    pub fn apply(&mut self, entry: &Entry) -> Applied {
+    /// Applies one committed entry. `now_ms` (a monotonic clock of this member) only feeds the
+    /// leader-side lease expiry; the replicated state never depends on it.
+    pub fn apply(&mut self, entry: &Entry, now_ms: u64) -> Applied {
         assert!(
             entry.index > self.applied_index,
             "entry {} applied after {}",
@@ -118,12 +161,34 @@ impl StateMachine {
             Some(Op::Compaction(c)) => {
                 self.store.compact(c).map(WriteResponse::Compaction).map_err(ApplyError::from)
             }
+            Some(Op::LeaseGrant(g)) => match self.lessor.grant(g.id, g.ttl, now_ms) {
+                Ok(ttl) => {
+                    self.store.set_lease(g.id, true);
+                    Ok(WriteResponse::LeaseGrant(LeaseGrantResponse { id: g.id, ttl, ..Default::default() }))
+                }
+                Err(e) => Err(ApplyError::Lease(e)),
+            },
+            Some(Op::LeaseRevoke(r)) => match self.lessor.revoke(r.id) {
+                Ok(keys) => {
+                    self.store.set_lease(r.id, false);
+                    self.store.delete_keys(&keys);
+                    Ok(WriteResponse::LeaseRevoke(LeaseRevokeResponse::default()))
+                }
+                Err(e) => Err(ApplyError::Lease(e)),
+            },
+            Some(Op::LeaseCheckpoint(c)) => {
+                for cp in &c.checkpoints {
+                    self.lessor.checkpoint(cp.id, cp.remaining_ttl);
+                }
+                Ok(WriteResponse::LeaseCheckpoint(LeaseCheckpointResponse::default()))
+            }
             None => Err(ApplyError::Unsupported("empty request")),
         };
         // Physical compaction proceeds a bounded step per applied entry: equal logs still give
         // equal states, and no single apply stalls on a large cleanup.
         self.store.compact_step(COMPACT_KEYS_PER_STEP);
         let events = self.store.take_events();
+        self.track_leases(&events);
         Applied::Write { request_id: request.id, result, events }
     }
 

@@ -7,7 +7,12 @@ use crate::backend::Backend;
 use crate::ready::handle_ready;
 use crate::recover::Recovered;
 use crate::watch::{WatchHub, WatchSpec, WatchUpdate};
+use keel_core::lease::{
+    LeaseError, TimeToLive, CHECKPOINT_LIMIT, DEFAULT_CHECKPOINT_INTERVAL_MS, EXPIRED_LIMIT,
+    EXPIRY_POLL_INTERVAL_MS,
+};
 use keel_core::mvcc::MvccError;
+use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
 use keel_core::pb::keelpb::{request::Op, Request};
 use keel_core::raft::{MemStorage, ProposeError, RawNode, StateRole};
@@ -65,6 +70,19 @@ enum Command {
     Propose { op: Op, reply: oneshot::Sender<Result<WriteResponse, RequestError>> },
     Range { req: RangeRequest, reply: oneshot::Sender<Result<RangeResponse, RequestError>> },
     Status { reply: oneshot::Sender<NodeStatus> },
+    HashKv { revision: i64, reply: oneshot::Sender<Result<HashKv, RequestError>> },
+    LeaseKeepAlive { id: i64, reply: oneshot::Sender<(ResponseHeader, Result<i64, LeaseError>)> },
+    LeaseTimeToLive { id: i64, reply: oneshot::Sender<(ResponseHeader, Option<TimeToLive>)> },
+    LeaseLeases { reply: oneshot::Sender<(ResponseHeader, Vec<i64>)> },
+}
+
+/// The store's hash at a revision (etcd's HashKV).
+#[derive(Debug, Clone)]
+pub struct HashKv {
+    pub header: ResponseHeader,
+    pub hash: u32,
+    pub hash_revision: i64,
+    pub compact_revision: i64,
 }
 
 /// The clients' side of the node task. Cheap to clone.
@@ -117,6 +135,38 @@ impl NodeHandle {
         let _ = self.tx.send(Command::WatchClose { stream }).await;
     }
 
+    /// The hash of the applied state up to `revision` (0 = current).
+    pub async fn hash_kv(&self, revision: i64) -> Result<HashKv, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::HashKv { revision, reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Renews a lease (leader only); the granted TTL, or why not.
+    pub async fn lease_keep_alive(
+        &self,
+        id: i64,
+    ) -> Result<(ResponseHeader, Result<i64, LeaseError>), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::LeaseKeepAlive { id, reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
+    }
+
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+    ) -> Result<(ResponseHeader, Option<TimeToLive>), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::LeaseTimeToLive { id, reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
+    }
+
+    pub async fn lease_leases(&self) -> Result<(ResponseHeader, Vec<i64>), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::LeaseLeases { reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Status { reply }).await.map_err(|_| RequestError::Stopped)?;
@@ -127,6 +177,9 @@ impl NodeHandle {
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
     pub tick: Duration,
+    /// The election timeout: a new leader extends every lease by it (etcd's rule), since the
+    /// old leader may have stopped renewing up to that long ago.
+    pub election_timeout: Duration,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -149,6 +202,9 @@ struct Driver<B: Backend> {
     pending_reads: usize,
     next_seq: u64,
     hub: WatchHub,
+    /// This member's monotonic clock, for lease expiry (never replicated).
+    started: tokio::time::Instant,
+    last_lease_poll_ms: u64,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -172,6 +228,8 @@ pub fn spawn<B: Backend + 'static>(
         pending_reads: 0,
         next_seq: 0,
         hub: WatchHub::new(),
+        started: tokio::time::Instant::now(),
+        last_lease_poll_ms: 0,
     };
     let join = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(d.cfg.tick);
@@ -180,6 +238,7 @@ pub fn spawn<B: Backend + 'static>(
             tokio::select! {
                 _ = ticker.tick() => {
                     d.node.tick();
+                    d.drive_leases();
                     // Watchers that fell behind catch up as their clients read.
                     if d.hub.has_unsynced() {
                         d.hub.catch_up(&d.sm.store, d.header());
@@ -272,6 +331,27 @@ impl<B: Backend> Driver<B> {
                     self.new_reads.push((req, reply));
                 }
             }
+            Command::LeaseKeepAlive { id, reply } => {
+                let now = self.now_ms();
+                let _ = reply.send((self.header(), self.sm.lessor.renew(id, now)));
+            }
+            Command::LeaseTimeToLive { id, reply } => {
+                let now = self.now_ms();
+                let _ = reply.send((self.header(), self.sm.lessor.time_to_live(id, now)));
+            }
+            Command::LeaseLeases { reply } => {
+                let _ = reply.send((self.header(), self.sm.lessor.leases()));
+            }
+            Command::HashKv { revision, reply } => {
+                let result =
+                    self.sm.store.hash_kv(revision).map_err(RequestError::from).map(|(hash, rev)| HashKv {
+                        header: self.header(),
+                        hash,
+                        hash_revision: rev,
+                        compact_revision: self.sm.store.compacted(),
+                    });
+                let _ = reply.send(result);
+            }
             Command::Status { reply } => {
                 let _ = reply.send(NodeStatus {
                     header: self.header(),
@@ -283,6 +363,54 @@ impl<B: Backend> Driver<B> {
                     members: self.sm.members().cloned().collect(),
                 });
             }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The leader's side of leases: take over expiry once caught up with the log, propose
+    /// revokes for expired leases and checkpoints of remaining TTLs, and let go on losing
+    /// leadership.
+    fn drive_leases(&mut self) {
+        let now = self.now_ms();
+        let leading = self.node.role() == StateRole::Leader;
+        if !leading {
+            if self.sm.lessor.is_leader() {
+                self.sm.lessor.demote();
+            }
+            return;
+        }
+        if !self.sm.lessor.is_leader() {
+            // Promote once every earlier grant and checkpoint is applied.
+            if self.node.applied() < self.node.committed() {
+                return;
+            }
+            self.sm.lessor.promote(now, self.cfg.election_timeout.as_millis() as u64);
+        }
+        if now < self.last_lease_poll_ms + EXPIRY_POLL_INTERVAL_MS {
+            return;
+        }
+        self.last_lease_poll_ms = now;
+        for id in self.sm.lessor.expired(now, EXPIRED_LIMIT) {
+            self.propose_internal(Op::LeaseRevoke(LeaseRevokeRequest { id }));
+        }
+        let due = self.sm.lessor.checkpoints_due(now, DEFAULT_CHECKPOINT_INTERVAL_MS, CHECKPOINT_LIMIT);
+        if !due.is_empty() {
+            let checkpoints =
+                due.into_iter().map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect();
+            self.propose_internal(Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }));
+        }
+    }
+
+    /// A proposal of the node's own (no client waits for it); dropped if it cannot be taken,
+    /// the leader loop proposes it again later.
+    fn propose_internal(&mut self, op: Op) {
+        let id = self.next_id();
+        let data = Request { id, op: Some(op) }.encode_to_vec();
+        if let Err(e) = self.node.propose(data.into()) {
+            tracing::debug!(error = %e, "internal proposal dropped");
         }
     }
 
@@ -314,7 +442,8 @@ impl<B: Backend> Driver<B> {
     fn drain_ready(&mut self) -> Result<(), String> {
         while self.node.has_ready() {
             // A sole voter has no peers to send to; the peer transport comes with issue #7.
-            let outcome = handle_ready(&mut self.node, &mut self.wal, &mut self.sm, &mut |_m| {})
+            let now = self.now_ms();
+            let outcome = handle_ready(&mut self.node, &mut self.wal, &mut self.sm, now, &mut |_m| {})
                 .map_err(|e| e.to_string())?;
             for (_, effect) in outcome.applied {
                 if let Applied::Write { request_id, result, events } = effect {
@@ -325,7 +454,11 @@ impl<B: Backend> Driver<B> {
                     if let Some(reply) = self.writes.remove(&request_id) {
                         let result = result.map_err(RequestError::from).map(|mut r| {
                             // The revision is the one the write made, as etcd reports it.
-                            let header = ResponseHeader { revision: r.revision(), ..self.header() };
+                            let revision = match r.revision() {
+                                0 => self.sm.store.revision(),
+                                rev => rev,
+                            };
+                            let header = ResponseHeader { revision, ..self.header() };
                             r.set_header(header);
                             r
                         });

@@ -26,6 +26,7 @@ pub fn handle_ready<B: Backend>(
     node: &mut RawNode<MemStorage>,
     wal: &mut Wal<B>,
     sm: &mut StateMachine,
+    now_ms: u64,
     send: &mut dyn FnMut(Message),
 ) -> Result<ReadyOutcome, WalError> {
     let mut rd = node.ready();
@@ -52,7 +53,7 @@ pub fn handle_ready<B: Backend>(
 
     let mut applied = Vec::with_capacity(rd.committed_entries.len());
     for entry in &rd.committed_entries {
-        let effect = sm.apply(entry);
+        let effect = sm.apply(entry, now_ms);
         if let Applied::ConfChange { change } = &effect {
             let cs = node.apply_conf_change(change);
             node.store_mut().set_conf_state(cs);

@@ -41,7 +41,12 @@ pub struct Recovered<B: Backend> {
 }
 
 /// Opens (or bootstraps) the node whose WAL lives on `backend`. `seed` feeds Raft's PRNG.
-pub fn recover<B: Backend>(backend: B, id: &Identity, raft: Config) -> Result<Recovered<B>, RecoverError> {
+pub fn recover<B: Backend>(
+    backend: B,
+    id: &Identity,
+    raft: Config,
+    lease_config: keel_core::lease::LessorConfig,
+) -> Result<Recovered<B>, RecoverError> {
     let (mut wal, replayed) = Wal::open(backend)?;
     let fresh = replayed.metadata.is_none();
     let (hard_state, entries) = match &replayed.metadata {
@@ -90,7 +95,7 @@ pub fn recover<B: Backend>(backend: B, id: &Identity, raft: Config) -> Result<Re
     hs.commit = hs.commit.min(store_last(&store));
     store.set_hard_state(hs);
     let node = RawNode::new(&raft, store);
-    Ok(Recovered { node, wal, sm: StateMachine::new(), fresh })
+    Ok(Recovered { node, wal, sm: StateMachine::new(lease_config), fresh })
 }
 
 fn store_last(store: &MemStorage) -> u64 {

@@ -78,9 +78,7 @@ impl WatchSpec {
             .filter(|e| {
                 let key = e.kv.as_ref().map(|kv| &kv.key[..]).unwrap_or_default();
                 let put = e.r#type == EventType::Put as i32;
-                in_range(key, &self.key, &self.range_end)
-                    && !(put && self.no_put)
-                    && (put || !self.no_delete)
+                in_range(key, &self.key, &self.range_end) && !(put && self.no_put) && (put || !self.no_delete)
             })
             .map(|e| {
                 let mut e = e.clone();

@@ -1,5 +1,6 @@
 //! etcd's client-facing errors: the gRPC code and exact message clients match on.
 
+use keel_core::lease::LeaseError;
 use keel_core::mvcc::MvccError;
 use keel_core::state_machine::ApplyError;
 use runtime::node::RequestError;
@@ -25,6 +26,16 @@ pub fn mvcc_status(e: &MvccError) -> Status {
     Status::new(code, e.to_string())
 }
 
+pub fn lease_status(e: &LeaseError) -> Status {
+    let code = match e {
+        LeaseError::NotFound => Code::NotFound,
+        LeaseError::LeaseExists => Code::FailedPrecondition,
+        LeaseError::TooLargeTtl => Code::OutOfRange,
+        LeaseError::NotLeader | LeaseError::Expired => Code::Unavailable,
+    };
+    Status::new(code, e.to_string())
+}
+
 pub fn request_status(e: RequestError) -> Status {
     match &e {
         RequestError::NoLeader | RequestError::LeaderChanged | RequestError::Stopped => {
@@ -33,5 +44,6 @@ pub fn request_status(e: RequestError) -> Status {
         RequestError::TooManyRequests => Status::new(Code::ResourceExhausted, e.to_string()),
         RequestError::Mvcc(m) | RequestError::Apply(ApplyError::Mvcc(m)) => mvcc_status(m),
         RequestError::Apply(ApplyError::Unsupported(_)) => Status::new(Code::Unimplemented, e.to_string()),
+        RequestError::Apply(ApplyError::Lease(l)) => lease_status(l),
     }
 }

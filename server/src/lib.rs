@@ -53,7 +53,12 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let heartbeat_ms = config.heartbeat_interval.max(1);
     let mut raft = keel_core::raft::Config::new(resolved.member_id, seed_from_clock());
     raft.election_ticks = (config.election_timeout / heartbeat_ms).max(2) as u32;
-    let recovered = recover(backend, &identity, raft)?;
+    let election_ticks = raft.election_ticks as u64;
+    let lease_config = keel_core::lease::LessorConfig {
+        min_ttl_secs: keel_core::lease::min_ttl_secs(election_ticks, heartbeat_ms),
+        ..Default::default()
+    };
+    let recovered = recover(backend, &identity, raft, lease_config)?;
     tracing::info!(
         name = %config.name,
         member_id = %format!("{:x}", resolved.member_id),
@@ -64,6 +69,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     );
     let driver = DriverConfig {
         tick: Duration::from_millis(heartbeat_ms),
+        election_timeout: Duration::from_millis(config.election_timeout),
         member_id: resolved.member_id,
         cluster_id: resolved.cluster_id,
     };

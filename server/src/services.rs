@@ -3,10 +3,12 @@
 use crate::errors::{self, invalid, request_status};
 use crate::pb::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
+use crate::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
 use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::etcdserverpb::*;
 use futures::Stream;
+use keel_core::lease::{LeaseError, LeaseIdGen, MAX_LEASE_TTL_SECS};
 use keel_core::mvcc::txn_keys_disjoint;
 use keel_core::pb::keelpb::request::Op;
 use keel_core::state_machine::WriteResponse;
@@ -25,6 +27,8 @@ pub(crate) struct Services {
     self_member: Member,
     max_request_bytes: usize,
     max_txn_ops: usize,
+    /// Lease ids when the client leaves the choice to the server, as etcd numbers them.
+    lease_ids: std::sync::Arc<std::sync::Mutex<LeaseIdGen>>,
 }
 
 fn unimplemented(what: &str, issue: u32) -> Status {
@@ -38,7 +42,12 @@ impl Services {
         max_request_bytes: usize,
         max_txn_ops: usize,
     ) -> Self {
-        Services { node, self_member, max_request_bytes, max_txn_ops }
+        let start_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let lease_ids = std::sync::Arc::new(std::sync::Mutex::new(LeaseIdGen::new(self_member.id, start_ms)));
+        Services { node, self_member, max_request_bytes, max_txn_ops, lease_ids }
     }
 
     pub(crate) fn router(self) -> tonic::transport::server::Router {
@@ -47,6 +56,7 @@ impl Services {
             .add_service(KvServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(MaintenanceServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max))
     }
 
@@ -209,8 +219,14 @@ impl Maintenance for Services {
         Err(unimplemented("Hash", 4))
     }
 
-    async fn hash_kv(&self, _r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(unimplemented("HashKV", 4))
+    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let h = self.node.hash_kv(r.into_inner().revision).await.map_err(request_status)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(h.header),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.hash_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -363,5 +379,93 @@ impl Watch for Services {
             rx.recv().await.map(|update| (Ok(watch_response(update)), rx))
         });
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Lease for Services {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut req = request.into_inner();
+        if req.ttl > MAX_LEASE_TTL_SECS {
+            return Err(errors::lease_status(&LeaseError::TooLargeTtl));
+        }
+        if req.id == 0 {
+            req.id = self.lease_ids.lock().expect("lease id generator").next_id();
+        }
+        match self.write(Op::LeaseGrant(req)).await? {
+            WriteResponse::LeaseGrant(r) => Ok(Response::new(r)),
+            other => Err(Status::internal(format!("lease grant answered with {other:?}"))),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        match self.write(Op::LeaseRevoke(request.into_inner())).await? {
+            WriteResponse::LeaseRevoke(r) => Ok(Response::new(r)),
+            other => Err(Status::internal(format!("lease revoke answered with {other:?}"))),
+        }
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<tonic::Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let inbound = request.into_inner();
+        let node = self.node.clone();
+        let out = futures::stream::unfold((inbound, node), |(mut inbound, node)| async move {
+            let req = match inbound.message().await {
+                Ok(Some(req)) => req,
+                _ => return None,
+            };
+            let item = match node.lease_keep_alive(req.id).await {
+                // An unknown (or just expired) lease answers TTL 0, as etcd does.
+                Ok((header, result)) => {
+                    Ok(LeaseKeepAliveResponse { header: Some(header), id: req.id, ttl: result.unwrap_or(0) })
+                }
+                Err(e) => Err(request_status(e)),
+            };
+            Some((item, (inbound, node)))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = request.into_inner();
+        let (header, ttl) = self.node.lease_time_to_live(req.id).await.map_err(request_status)?;
+        let resp = match ttl {
+            // An unknown lease answers TTL -1, as etcd does.
+            None => {
+                LeaseTimeToLiveResponse { header: Some(header), id: req.id, ttl: -1, ..Default::default() }
+            }
+            Some(t) => LeaseTimeToLiveResponse {
+                header: Some(header),
+                id: t.id,
+                ttl: t.remaining_ttl,
+                granted_ttl: t.granted_ttl,
+                keys: if req.keys { t.keys } else { Vec::new() },
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _r: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let (header, ids) = self.node.lease_leases().await.map_err(request_status)?;
+        let leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();
+        Ok(Response::new(LeaseLeasesResponse { header: Some(header), leases }))
     }
 }

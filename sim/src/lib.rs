@@ -77,7 +77,7 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
     let mut step = 0;
     while step < steps {
         let Recovered { mut node, mut wal, mut sm, .. } =
-            recover(disk.clone(), &identity(), Config::new(1, rng.random()))
+            recover(disk.clone(), &identity(), Config::new(1, rng.random()), Default::default())
                 .unwrap_or_else(|e| panic!("seed {seed}: recovery failed at step {step}: {e}"));
         // Bring the node up: elect, apply everything durable.
         let mut pending: HashMap<u64, Op> = HashMap::new();
@@ -118,7 +118,7 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
                     }
                 }
                 50..=94 if node.has_ready() => {
-                    let outcome = handle_ready(&mut node, &mut wal, &mut sm, &mut |_| {})
+                    let outcome = handle_ready(&mut node, &mut wal, &mut sm, step as u64, &mut |_| {})
                         .unwrap_or_else(|e| panic!("seed {seed}: WAL failed: {e}"));
                     for (index, effect) in outcome.applied {
                         digest(&mut summary.trace_digest, index);
@@ -176,12 +176,12 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
                 }
                 node.tick();
                 while node.has_ready() {
-                    handle_ready(&mut node, &mut wal, &mut sm, &mut |_| {}).unwrap();
+                    handle_ready(&mut node, &mut wal, &mut sm, step as u64, &mut |_| {}).unwrap();
                 }
             }
             assert_eq!(node.role(), StateRole::Leader, "seed {seed}: no leader after 1000 ticks");
             while node.has_ready() {
-                handle_ready(&mut node, &mut wal, &mut sm, &mut |_| {}).unwrap();
+                handle_ready(&mut node, &mut wal, &mut sm, step as u64, &mut |_| {}).unwrap();
             }
             summary.final_revision = sm.store.revision();
             check_acked(seed, &sm.store, &acked);

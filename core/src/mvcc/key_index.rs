@@ -59,6 +59,30 @@ impl KeyHistory {
         })
     }
 
+    /// The key's state for a hash, as bytes: its value as of `compacted` (what compaction
+    /// keeps) and every change in `(compacted, rev]` — so a hash does not depend on how far
+    /// physical compaction has got. Empty if the key had nothing then.
+    pub(crate) fn hash_bytes(&self, compacted: i64, rev: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let base = self.changes.partition_point(|(r, _)| r.main <= compacted);
+        let from = if base > 0 && self.changes[base - 1].1.is_some() { base - 1 } else { base };
+        for (r, kv) in self.changes[from..].iter().take_while(|(r, _)| r.main <= rev) {
+            out.extend_from_slice(&r.main.to_le_bytes());
+            out.extend_from_slice(&r.sub.to_le_bytes());
+            match kv {
+                Some(kv) => {
+                    out.push(1);
+                    for n in [kv.create_revision, kv.version, kv.lease, kv.value.len() as i64] {
+                        out.extend_from_slice(&n.to_le_bytes());
+                    }
+                    out.extend_from_slice(&kv.value);
+                }
+                None => out.push(0),
+            }
+        }
+        out
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.changes.len()
     }

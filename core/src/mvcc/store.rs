@@ -48,6 +48,9 @@ pub struct Store {
     compact_cursor: Option<Bytes>,
     /// Events of the last write, in (revision, sub-revision) order, for watchers.
     events: Vec<Event>,
+    /// Leases that exist (granted, not revoked): a put may attach only to these. Kept by the
+    /// state machine in step with its lessor.
+    leases: std::collections::BTreeSet<i64>,
 }
 
 impl Default for Store {
@@ -87,7 +90,7 @@ impl Writer<'_> {
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
         }
-        if req.lease != 0 && !req.ignore_lease {
+        if req.lease != 0 && !req.ignore_lease && !self.store.leases.contains(&req.lease) {
             return Err(MvccError::LeaseNotFound);
         }
         let main = self.main;
@@ -186,7 +189,7 @@ impl Writer<'_> {
                     if (p.ignore_value || p.ignore_lease) && !exists {
                         return Err(MvccError::KeyNotFound);
                     }
-                    if p.lease != 0 && !p.ignore_lease {
+                    if p.lease != 0 && !p.ignore_lease && !self.store.leases.contains(&p.lease) {
                         return Err(MvccError::LeaseNotFound);
                     }
                 }
@@ -227,7 +230,14 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
 
 impl Store {
     pub fn new() -> Self {
-        Store { keys: BTreeMap::new(), current: 1, compacted: 0, compact_cursor: None, events: Vec::new() }
+        Store {
+            keys: BTreeMap::new(),
+            current: 1,
+            compacted: 0,
+            compact_cursor: None,
+            events: Vec::new(),
+            leases: Default::default(),
+        }
     }
 
     /// The store's current revision.
@@ -323,7 +333,27 @@ impl Store {
         Ok(RangeResponse { header: header(current), kvs, more, count })
     }
 
-    /// Applies a put. Leases are not granted by this store yet, so any lease is unknown.
+    /// Records that lease `id` exists (`true`) or no longer does.
+    pub fn set_lease(&mut self, id: i64, exists: bool) {
+        if exists {
+            self.leases.insert(id);
+        } else {
+            self.leases.remove(&id);
+        }
+    }
+
+    /// Deletes `keys` in one revision (a revoked lease's keys). Returns how many existed.
+    pub fn delete_keys(&mut self, keys: &[Bytes]) -> i64 {
+        let mut w = self.writer();
+        let mut deleted = 0;
+        for k in keys {
+            deleted += w.delete_range(&DeleteRangeRequest { key: k.clone(), ..Default::default() }).deleted;
+        }
+        w.finish();
+        deleted
+    }
+
+    /// Applies a put; a lease must exist ([`Store::set_lease`]).
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
         let mut w = self.writer();
         let resp = w.put(req)?;
@@ -439,6 +469,29 @@ impl Store {
             out.push(event.clone());
         }
         Ok((out, next))
+    }
+
+    /// A hash of the store's history up to `rev` (0 = current), from the compacted revision on:
+    /// replicas that applied the same log give the same hash (etcd's HashKV, used to detect
+    /// divergence). Returns the hash and the revision it covers.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64), MvccError> {
+        let rev = if rev <= 0 { self.current } else { rev };
+        if rev > self.current {
+            return Err(MvccError::FutureRev);
+        }
+        if rev < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let mut h = crc32fast::Hasher::new();
+        for (k, history) in &self.keys {
+            let state = history.hash_bytes(self.compacted, rev);
+            if !state.is_empty() {
+                h.update(&(k.len() as u64).to_le_bytes());
+                h.update(k);
+                h.update(&state);
+            }
+        }
+        Ok((h.finalize(), rev))
     }
 
     /// Number of changes held, for tests and metrics.
@@ -647,6 +700,32 @@ mod tests {
         assert!(s.take_events().is_empty());
         s.compact(&CompactionRequest { revision: 3, physical: true }).unwrap();
         assert_eq!(s.history_events(b"a", b"c", 2, 3, 10).unwrap_err(), MvccError::Compacted);
+    }
+
+    #[test]
+    fn hash_kv_depends_on_history_not_on_physical_cleanup() {
+        let build = |physical: bool| {
+            let mut s = Store::new();
+            for i in 0..20 {
+                s.put(&PutRequest {
+                    key: format!("k{}", i % 3).into(),
+                    value: format!("{i}").into(),
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            s.compact(&CompactionRequest { revision: 10, physical }).unwrap();
+            s
+        };
+        let (a, b) = (build(true), build(false));
+        assert_eq!(a.hash_kv(0).unwrap(), b.hash_kv(0).unwrap());
+        assert_eq!(a.hash_kv(15).unwrap().1, 15);
+        assert_ne!(a.hash_kv(15).unwrap().0, a.hash_kv(16).unwrap().0);
+        let mut c = build(true);
+        c.put(&PutRequest { key: "k0".into(), value: "other".into(), ..Default::default() }).unwrap();
+        assert_ne!(c.hash_kv(0).unwrap().0, a.hash_kv(0).unwrap().0);
+        assert_eq!(a.hash_kv(9).unwrap_err(), MvccError::Compacted);
+        assert_eq!(a.hash_kv(99).unwrap_err(), MvccError::FutureRev);
     }
 
     #[test]
