@@ -7,6 +7,7 @@
 pub mod config;
 pub mod errors;
 pub mod pb;
+mod recipes;
 mod services;
 
 pub use config::{Config, ConfigError};

@@ -7,6 +7,8 @@ use crate::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
 use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::etcdserverpb::*;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 use futures::Stream;
 use keel_core::lease::{LeaseError, LeaseIdGen, MAX_LEASE_TTL_SECS};
 use keel_core::mvcc::txn_keys_disjoint;
@@ -57,6 +59,8 @@ impl Services {
             .add_service(MaintenanceServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(LockServer::new(crate::recipes::Recipes { node: self.node.clone() }))
+            .add_service(ElectionServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max))
     }
 
