@@ -94,7 +94,7 @@ impl Recipes {
                 failure: vec![get],
             })
             .await?;
-        let header = resp.header.clone().unwrap_or_default();
+        let header = resp.header.unwrap_or_default();
         let kv = resp
             .responses
             .iter()
@@ -122,7 +122,7 @@ impl Recipes {
                 })
                 .await
                 .map_err(request_status)?;
-            let header = resp.header.clone().unwrap_or_default();
+            let header = resp.header.unwrap_or_default();
             let Some(pred) = resp.kvs.first() else { return Ok(header) };
             self.wait_event(pred.key.clone(), Bytes::new(), header.revision + 1, Some(EventType::Delete))
                 .await?;
@@ -202,8 +202,8 @@ impl Lock for Recipes {
 
 fn header_of(r: &WriteResponse) -> ResponseHeader {
     match r {
-        WriteResponse::DeleteRange(d) => d.header.clone().unwrap_or_default(),
-        WriteResponse::Txn(t) => t.header.clone().unwrap_or_default(),
+        WriteResponse::DeleteRange(d) => d.header.unwrap_or_default(),
+        WriteResponse::Txn(t) => t.header.unwrap_or_default(),
         _ => ResponseHeader::default(),
     }
 }
