@@ -3,8 +3,9 @@
 
 use bytes::Bytes;
 use keel_core::mvcc::{MvccError, Store};
+use keel_core::pb::etcdserverpb::{compare, request_op, CompactionRequest, Compare, RequestOp, TxnRequest};
 use keel_core::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
-use keel_core::pb::mvccpb::KeyValue;
+use keel_core::pb::mvccpb::{event::EventType, Event, KeyValue};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -32,6 +33,28 @@ impl Model {
     fn rev(&self) -> i64 {
         self.history.len() as i64 - 1
     }
+    /// Puts several keys in one revision (a txn); returns the revision.
+    fn put_all(&mut self, kvs: &[(Vec<u8>, Vec<u8>)]) -> i64 {
+        let rev = self.rev() + 1;
+        let mut next = self.history.last().unwrap().clone();
+        for (key, value) in kvs {
+            let prev = next.get(&key[..]).cloned();
+            next.insert(
+                key.clone(),
+                KeyValue {
+                    key: Bytes::copy_from_slice(key),
+                    create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                    mod_revision: rev,
+                    version: prev.as_ref().map_or(1, |p| p.version + 1),
+                    value: Bytes::copy_from_slice(value),
+                    lease: 0,
+                },
+            );
+        }
+        self.history.push(next);
+        rev
+    }
+
     fn put(&mut self, key: &[u8], value: &[u8]) -> i64 {
         let rev = self.rev() + 1;
         let mut next = self.history.last().unwrap().clone();
@@ -72,6 +95,10 @@ impl Model {
 enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>, Vec<u8>),
+    /// A txn of puts (distinct keys), guarded by a compare on a key's existence.
+    Txn(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>),
+    /// Compact at this fraction of the current revision.
+    Compact(u8),
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -86,7 +113,15 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (key(), prop::collection::vec(any::<u8>(), 0..4)).prop_map(|(k, v)| Op::Put(k, v)),
         1 => (key(), end()).prop_map(|(k, e)| Op::Delete(k, e)),
+        1 => (key(), prop::collection::vec((key(), prop::collection::vec(any::<u8>(), 0..3)), 1..4)).prop_map(|(g, ops)| Op::Txn(g, ops)),
+        1 => any::<u8>().prop_map(Op::Compact),
     ]
+}
+
+/// The events a put makes, per the model: the new value, and the old one as prev_kv.
+fn put_event(model: &Model, k: &[u8], rev: i64) -> Event {
+    let prev = model.history[rev as usize - 1].get(k).cloned();
+    Event { r#type: EventType::Put as i32, kv: model.history[rev as usize].get(k).cloned(), prev_kv: prev }
 }
 
 proptest! {
@@ -94,9 +129,10 @@ proptest! {
         std::env::var("KEEL_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128)))]
 
     #[test]
-    fn ranges_at_every_revision_match_the_model(ops in prop::collection::vec(op(), 1..40), probes in prop::collection::vec((key(), end()), 1..12)) {
+    fn ranges_txns_and_events_match_the_model(ops in prop::collection::vec(op(), 1..40), probes in prop::collection::vec((key(), end()), 1..12)) {
         let mut store = Store::new();
         let mut model = Model::new();
+        let mut compacted = 0i64;
         for op in &ops {
             match op {
                 Op::Put(k, v) => {
@@ -105,18 +141,76 @@ proptest! {
                     let rev = model.put(k, v);
                     prop_assert_eq!(r.header.unwrap().revision, rev);
                     prop_assert_eq!(r.prev_kv, prev);
+                    prop_assert_eq!(store.take_events(), vec![put_event(&model, k, rev)]);
                 }
                 Op::Delete(k, e) => {
                     let r = store.delete_range(&DeleteRangeRequest { key: Bytes::copy_from_slice(k), range_end: Bytes::copy_from_slice(e), prev_kv: true }).unwrap();
                     let (deleted, prev) = model.delete(k, e);
                     prop_assert_eq!(r.deleted, deleted);
-                    prop_assert_eq!(r.prev_kvs, prev);
+                    prop_assert_eq!(&r.prev_kvs, &prev);
                     prop_assert_eq!(r.header.unwrap().revision, model.rev());
+                    let want: Vec<Event> = prev
+                        .into_iter()
+                        .map(|p| Event {
+                            r#type: EventType::Delete as i32,
+                            kv: Some(KeyValue { key: p.key.clone(), mod_revision: model.rev(), ..Default::default() }),
+                            prev_kv: Some(p),
+                        })
+                        .collect();
+                    prop_assert_eq!(store.take_events(), if deleted > 0 { want } else { vec![] });
+                }
+                Op::Txn(guard, puts) => {
+                    let mut seen = std::collections::BTreeSet::new();
+                    let puts: Vec<(Vec<u8>, Vec<u8>)> = puts.iter().filter(|(k, _)| seen.insert(k.clone())).cloned().collect();
+                    let success = puts
+                        .iter()
+                        .map(|(k, v)| RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest { key: Bytes::copy_from_slice(k), value: Bytes::copy_from_slice(v), ..Default::default() })),
+                        })
+                        .collect();
+                    // Compare: the guard key does not exist (version 0).
+                    let cmp = Compare {
+                        result: compare::CompareResult::Equal as i32,
+                        target: compare::CompareTarget::Version as i32,
+                        key: Bytes::copy_from_slice(guard),
+                        target_union: Some(compare::TargetUnion::Version(0)),
+                        range_end: Bytes::new(),
+                    };
+                    let r = store.txn(&TxnRequest { compare: vec![cmp], success, failure: vec![] }).unwrap();
+                    let absent = model.range(guard, &[], model.rev()).is_empty();
+                    prop_assert_eq!(r.succeeded, absent);
+                    if absent {
+                        let rev = model.put_all(&puts);
+                        prop_assert_eq!(r.header.unwrap().revision, rev);
+                        let events = store.take_events();
+                        prop_assert_eq!(events.len(), puts.len(), "one event per op, in op order");
+                        for (e, (k, _)) in events.iter().zip(&puts) {
+                            prop_assert_eq!(&e.kv.as_ref().unwrap().key[..], &k[..]);
+                            prop_assert_eq!(e.kv.as_ref(), model.history[rev as usize].get(k));
+                            prop_assert_eq!(e.prev_kv.as_ref(), model.history[rev as usize - 1].get(k));
+                        }
+                    } else {
+                        prop_assert!(store.take_events().is_empty());
+                    }
+                }
+                Op::Compact(f) => {
+                    let target = (model.rev() * (*f as i64) / 255).max(1);
+                    let r = store.compact(&CompactionRequest { revision: target, physical: f % 2 == 0 });
+                    if target <= compacted {
+                        prop_assert_eq!(r.unwrap_err(), MvccError::Compacted);
+                    } else {
+                        prop_assert!(r.is_ok());
+                        compacted = target;
+                    }
                 }
             }
             prop_assert_eq!(store.revision(), model.rev());
         }
-        for rev in 0..=model.rev() {
+        for rev in 1..compacted {
+            let req = RangeRequest { key: Bytes::from_static(b"a"), revision: rev, ..Default::default() };
+            prop_assert_eq!(store.range(&req).unwrap_err(), MvccError::Compacted);
+        }
+        for rev in std::iter::once(0).chain(compacted.max(1)..=model.rev()) {
             for (k, e) in &probes {
                 let req = RangeRequest { key: Bytes::copy_from_slice(k), range_end: Bytes::copy_from_slice(e), revision: rev, ..Default::default() };
                 let got = store.range(&req).unwrap();
