@@ -180,6 +180,8 @@ pub struct DriverConfig {
     /// The election timeout: a new leader extends every lease by it (etcd's rule), since the
     /// old leader may have stopped renewing up to that long ago.
     pub election_timeout: Duration,
+    /// Quiet time after which a watcher that asked for progress notifications gets one.
+    pub watch_progress_interval: Duration,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -205,6 +207,9 @@ struct Driver<B: Backend> {
     /// This member's monotonic clock, for lease expiry (never replicated).
     started: tokio::time::Instant,
     last_lease_poll_ms: u64,
+    ticks: u64,
+    /// Ticks per (progress-notification) second.
+    ticks_per_second: u64,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -216,6 +221,7 @@ pub fn spawn<B: Backend + 'static>(
 ) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
     let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let handle = NodeHandle { tx, member_id: cfg.member_id, cluster_id: cfg.cluster_id };
+    let cfg_tick_ms = cfg.tick.as_millis() as u64;
     let mut d = Driver {
         cfg,
         node: recovered.node,
@@ -230,6 +236,8 @@ pub fn spawn<B: Backend + 'static>(
         hub: WatchHub::new(),
         started: tokio::time::Instant::now(),
         last_lease_poll_ms: 0,
+        ticks: 0,
+        ticks_per_second: (1000 / cfg_tick_ms.max(1)).max(1),
     };
     let join = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(d.cfg.tick);
@@ -239,6 +247,11 @@ pub fn spawn<B: Backend + 'static>(
                 _ = ticker.tick() => {
                     d.node.tick();
                     d.drive_leases();
+                    d.ticks += 1;
+                    if d.ticks % d.ticks_per_second == 0 {
+                        let quiet = d.cfg.watch_progress_interval.as_secs().max(1) as u32;
+                        d.hub.progress_tick(quiet, d.header());
+                    }
                     // Watchers that fell behind catch up as their clients read.
                     if d.hub.has_unsynced() {
                         d.hub.catch_up(&d.sm.store, d.header());

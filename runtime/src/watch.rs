@@ -35,6 +35,8 @@ pub struct WatchSpec {
     pub no_put: bool,
     pub no_delete: bool,
     pub prev_kv: bool,
+    /// Send an empty (progress) response after this many quiet progress ticks.
+    pub progress_notify: bool,
 }
 
 /// What the hub tells a client stream; the server turns it into a `WatchResponse`.
@@ -51,6 +53,8 @@ struct Watcher {
     /// Every revision below this has been delivered (or had nothing for this watcher).
     next_rev: i64,
     synced: bool,
+    /// Progress ticks since this watcher was last sent anything.
+    quiet_ticks: u32,
 }
 
 /// Every keyed by (stream, watch id).
@@ -140,7 +144,7 @@ impl WatchHub {
         let current = store.revision();
         let next_rev = if spec.start_revision <= 0 { current + 1 } else { spec.start_revision };
         let synced = next_rev > current;
-        self.watchers.insert((stream, watch_id), Watcher { spec, next_rev, synced });
+        self.watchers.insert((stream, watch_id), Watcher { spec, next_rev, synced, quiet_ticks: 0 });
     }
 
     pub fn cancel(&mut self, stream: u64, watch_id: i64, header: ResponseHeader) {
@@ -182,7 +186,10 @@ impl WatchHub {
             }
             let Some(tx) = self.streams.get(stream) else { continue };
             match tx.try_send(WatchUpdate::Events { watch_id: *watch_id, header, events: selected }) {
-                Ok(()) => w.next_rev = rev + 1,
+                Ok(()) => {
+                    w.next_rev = rev + 1;
+                    w.quiet_ticks = 0;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     // A slow consumer: stop queueing, catch up from history later.
                     w.synced = false;
@@ -255,6 +262,28 @@ impl WatchHub {
         }
         for s in dead {
             self.close_stream(s);
+        }
+    }
+
+    /// One progress tick: a synced watcher that asked for progress notifications and has been
+    /// sent nothing for `quiet_ticks_max` ticks gets an empty response at the current revision
+    /// (it says: nothing for you up to here).
+    pub fn progress_tick(&mut self, quiet_ticks_max: u32, header: ResponseHeader) {
+        for ((stream, watch_id), w) in self.watchers.iter_mut() {
+            if !w.spec.progress_notify {
+                continue;
+            }
+            w.quiet_ticks += 1;
+            if w.synced && w.quiet_ticks >= quiet_ticks_max {
+                if let Some(tx) = self.streams.get(stream) {
+                    if tx
+                        .try_send(WatchUpdate::Events { watch_id: *watch_id, header, events: Vec::new() })
+                        .is_ok()
+                    {
+                        w.quiet_ticks = 0;
+                    }
+                }
+            }
         }
     }
 
@@ -381,6 +410,35 @@ mod tests {
         hub.catch_up(&store, h(7));
         let got = drain(&mut rx);
         assert!(matches!(got[1], WatchUpdate::Canceled { watch_id: 1, compact_revision: 5, .. }), "{got:?}");
+    }
+
+    #[test]
+    fn progress_notify_after_a_quiet_interval() {
+        let mut store = Store::new();
+        let mut hub = WatchHub::new();
+        let (s, mut rx) = hub.open_stream();
+        hub.create(
+            s,
+            0,
+            WatchSpec { key: "k".into(), progress_notify: true, ..Default::default() },
+            &store,
+            h(1),
+        );
+        hub.create(s, 1, WatchSpec { key: "k".into(), ..Default::default() }, &store, h(1));
+        drain(&mut rx);
+        hub.progress_tick(3, h(1));
+        hub.progress_tick(3, h(1));
+        let ev = put(&mut store, "k", "v");
+        hub.notify(&ev, h(2));
+        hub.progress_tick(3, h(2));
+        hub.progress_tick(3, h(2));
+        assert_eq!(revisions(&drain(&mut rx)), vec![2, 2], "an event resets the quiet count");
+        hub.progress_tick(3, h(2));
+        let got = drain(&mut rx);
+        assert!(
+            matches!(&got[..], [WatchUpdate::Events { watch_id: 0, events, header }] if events.is_empty() && header.revision == 2),
+            "{got:?}"
+        );
     }
 
     #[test]

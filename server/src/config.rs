@@ -49,9 +49,28 @@ pub struct Config {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long = "max-txn-ops", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Duration of periodic watch progress notifications (e.g. 10m, 30s).
+    #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: std::time::Duration,
     /// Log level: debug, info, warn, error.
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
+}
+
+/// Go-style durations as etcd's flags take them: `500ms`, `30s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split =
+        s.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -71,6 +71,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let driver = DriverConfig {
         tick: Duration::from_millis(heartbeat_ms),
         election_timeout: Duration::from_millis(config.election_timeout),
+        watch_progress_interval: config.watch_progress_notify_interval,
         member_id: resolved.member_id,
         cluster_id: resolved.cluster_id,
     };

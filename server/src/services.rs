@@ -9,7 +9,7 @@ use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::etcdserverpb::*;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use keel_core::lease::{LeaseError, LeaseIdGen, MAX_LEASE_TTL_SECS};
 use keel_core::mvcc::txn_keys_disjoint;
 use keel_core::pb::keelpb::request::Op;
@@ -326,6 +326,33 @@ fn watch_response(update: WatchUpdate) -> WatchResponse {
     }
 }
 
+/// Splits a response whose events exceed `limit` bytes into several, all but the last marked
+/// `fragment`, when the client asked for fragments (etcd's rule); otherwise sends it whole.
+fn fragment(mut resp: WatchResponse, enabled: bool, limit: usize) -> Vec<WatchResponse> {
+    use prost::Message as _;
+    if !enabled || resp.events.len() < 2 || resp.encoded_len() <= limit {
+        return vec![resp];
+    }
+    let events = std::mem::take(&mut resp.events);
+    let template = resp;
+    let mut out = Vec::new();
+    let mut current = template.clone();
+    let mut size = 0;
+    for e in events {
+        let n = e.encoded_len();
+        if !current.events.is_empty() && size + n > limit {
+            let mut full = std::mem::replace(&mut current, template.clone());
+            full.fragment = true;
+            out.push(full);
+            size = 0;
+        }
+        size += n;
+        current.events.push(e);
+    }
+    out.push(current);
+    out
+}
+
 #[tonic::async_trait]
 impl Watch for Services {
     type WatchStream = WatchResponseStream;
@@ -337,6 +364,10 @@ impl Watch for Services {
         let mut inbound = request.into_inner();
         let node = self.node.clone();
         let (stream, rx) = node.watch_open().await.map_err(request_status)?;
+        // Watch ids whose client accepts fragmented responses.
+        let fragmenting = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::<i64>::new()));
+        let limit = self.max_request_bytes;
+        let out_fragmenting = fragmenting.clone();
         tokio::spawn(async move {
             // Watch ids are per stream; automatic ones count up from 0, skipping ids in use.
             let mut in_use = std::collections::HashSet::new();
@@ -361,7 +392,13 @@ impl Watch for Services {
                             no_put: filters(watch_create_request::FilterType::Noput),
                             no_delete: filters(watch_create_request::FilterType::Nodelete),
                             prev_kv: c.prev_kv,
+                            progress_notify: c.progress_notify,
                         };
+                        if c.fragment {
+                            fragmenting.lock().expect("fragment set").insert(id);
+                        } else {
+                            fragmenting.lock().expect("fragment set").remove(&id);
+                        }
                         node.watch_create(stream, id, spec).await
                     }
                     Some(watch_request::RequestUnion::CancelRequest(c)) => {
@@ -379,9 +416,13 @@ impl Watch for Services {
             }
             node.watch_close(stream).await;
         });
-        let out = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|update| (Ok(watch_response(update)), rx))
-        });
+        let out =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|update| (update, rx)) })
+                .flat_map(move |update| {
+                    let resp = watch_response(update);
+                    let frag = out_fragmenting.lock().expect("fragment set").contains(&resp.watch_id);
+                    futures::stream::iter(fragment(resp, frag, limit).into_iter().map(Ok))
+                });
         Ok(Response::new(Box::pin(out)))
     }
 }
@@ -471,5 +512,27 @@ impl Lease for Services {
         let (header, ids) = self.node.lease_leases().await.map_err(request_status)?;
         let leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();
         Ok(Response::new(LeaseLeasesResponse { header: Some(header), leases }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn large_responses_fragment_only_when_asked() {
+        let ev = |i: u8| Event {
+            kv: Some(KeyValue { key: vec![i].into(), value: vec![0; 100].into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let resp = WatchResponse { watch_id: 3, events: (0..10).map(ev).collect(), ..Default::default() };
+        assert_eq!(fragment(resp.clone(), false, 250).len(), 1);
+        let parts = fragment(resp.clone(), true, 250);
+        assert!(parts.len() > 1);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment) && !parts.last().unwrap().fragment);
+        assert!(parts.iter().all(|p| p.watch_id == 3));
+        let events: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(events, resp.events, "every event once, in order");
     }
 }
