@@ -92,7 +92,15 @@ pub struct StateMachine {
     pub lessor: Lessor,
     members: BTreeMap<u64, Member>,
     applied_index: u64,
+    /// Request ids applied recently (bounded, oldest dropped first). A proposal can reach the
+    /// log twice (a forwarded proposal whose message was delivered twice); the second copy
+    /// must not apply again, or a write would take effect twice.
+    recent_ids: std::collections::HashSet<u64>,
+    recent_order: std::collections::VecDeque<u64>,
 }
+
+/// Bound on the request ids remembered for de-duplication.
+pub const RECENT_REQUESTS_MAX: usize = 1 << 16;
 
 impl Default for StateMachine {
     fn default() -> Self {
@@ -107,6 +115,8 @@ impl StateMachine {
             lessor: Lessor::new(lease_config),
             members: BTreeMap::new(),
             applied_index: 0,
+            recent_ids: Default::default(),
+            recent_order: Default::default(),
         }
     }
 
@@ -152,6 +162,16 @@ impl StateMachine {
             // A committed entry that does not decode is a corrupt log, not a client error.
             Err(e) => panic!("committed entry {} does not decode: {e}", entry.index),
         };
+        if request.id != 0 {
+            if !self.recent_ids.insert(request.id) {
+                return Applied::Nothing;
+            }
+            self.recent_order.push_back(request.id);
+            if self.recent_order.len() > RECENT_REQUESTS_MAX {
+                let old = self.recent_order.pop_front().expect("non-empty");
+                self.recent_ids.remove(&old);
+            }
+        }
         let result = match &request.op {
             Some(Op::Put(put)) => self.store.put(put).map(WriteResponse::Put).map_err(ApplyError::from),
             Some(Op::DeleteRange(del)) => {

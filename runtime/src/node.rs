@@ -293,10 +293,14 @@ impl<B: Backend> Driver<B> {
         }
     }
 
-    /// A request id unique across restarts: the term (durable and growing) in the high bits.
+    /// A request id unique across members and restarts: the member id's low 16 bits, the term
+    /// (durable and growing across restarts) in the next 16, a counter in the low 32. Replies
+    /// are matched to waiters by it, and the state machine drops a duplicate of one it applied.
     fn next_id(&mut self) -> u64 {
         self.next_seq += 1;
-        (self.node.term() << 40) | (self.next_seq & ((1 << 40) - 1))
+        ((self.cfg.member_id & 0xffff) << 48)
+            | ((self.node.term() & 0xffff) << 32)
+            | (self.next_seq & 0xffff_ffff)
     }
 
     fn handle(&mut self, cmd: Command) {

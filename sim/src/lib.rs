@@ -22,6 +22,8 @@ use runtime::ready::handle_ready;
 use runtime::recover::{recover, Identity, Recovered};
 use std::collections::HashMap;
 
+pub mod cluster;
+
 mod bytes_helpers {
     pub fn b(s: &str) -> prost::bytes::Bytes {
         prost::bytes::Bytes::copy_from_slice(s.as_bytes())

@@ -1,0 +1,525 @@
+//! A seeded simulation of a Keel cluster: N nodes of the real core (Raft + state machine) over
+//! the real WAL on simulated disks, driven by the same `handle_ready` as the server, with a
+//! simulated network (delay, drop, duplicate, reorder, partitions), crashes that lose or tear
+//! unsynced writes, per-node clock drift (each node ticks at its own rate), and clients doing
+//! reads (ReadIndex), writes and compare-and-sets on one register through any node. The
+//! history is checked for linearizability with the `jepsen` checker; invariants are checked
+//! as the run goes: one leader per term, and every node applies the same entry at each index.
+
+use jepsen::checker::{check, CheckOptions, Operation, Register, RegisterInput, RegisterOutput, Verdict};
+use keel_core::pb::etcdserverpb::{
+    compare, request_op, Compare, Member, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use keel_core::pb::keelpb::request::Op;
+use keel_core::pb::keelpb::Request;
+use keel_core::raft::{Config, Message, StateRole};
+use keel_core::state_machine::{Applied, WriteResponse};
+use prost::Message as _;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use runtime::backend::{CrashFault, SimBackend};
+use runtime::ready::handle_ready;
+use runtime::recover::{recover, Identity, Recovered};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The knobs of one run, drawn from the seed (swarm testing: each seed its own fault mix).
+#[derive(Debug, Clone)]
+pub struct Faults {
+    pub drop_pct: u32,
+    pub dup_pct: u32,
+    pub max_delay: u64,
+    pub crash_per_mille: u32,
+    pub partition_per_mille: u32,
+    /// Steps per tick, per node (clock drift).
+    pub tick_every: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterSummary {
+    pub ops_ok: usize,
+    pub ops_unknown: usize,
+    pub crashes: u32,
+    pub partitions: u32,
+    pub max_term: u64,
+    pub trace_digest: u64,
+}
+
+const KEY: &[u8] = b"r";
+
+struct SimNode {
+    node: keel_core::raft::RawNode<keel_core::raft::MemStorage>,
+    wal: runtime::wal::Wal<SimBackend>,
+    sm: keel_core::state_machine::StateMachine,
+    /// Proposals made here, by request id: the client and its op index.
+    writes: HashMap<u64, (usize, usize)>,
+    /// Reads asked here, by ReadIndex context.
+    reads: HashMap<u64, (usize, usize)>,
+    /// Reads whose read point is known: (index, client, op).
+    ready_reads: Vec<(u64, usize, usize)>,
+}
+
+enum ClientState {
+    Idle,
+    Waiting { op: usize, node: u64, deadline: u64 },
+}
+
+pub struct Cluster {
+    rng: SmallRng,
+    n: u64,
+    nodes: BTreeMap<u64, Option<SimNode>>,
+    disks: BTreeMap<u64, SimBackend>,
+    /// In flight: (delivery time, sequence) -> message.
+    net: BTreeMap<(u64, u64), Message>,
+    net_seq: u64,
+    /// Groups that can talk; empty means fully connected.
+    partition: Vec<BTreeSet<u64>>,
+    faults: Faults,
+    now: u64,
+    clients: Vec<ClientState>,
+    pub history: Vec<Operation<RegisterInput, RegisterOutput>>,
+    next_value: i64,
+    next_id: u64,
+    /// Invariants: the leader of each term; the entry applied at each index.
+    leaders: BTreeMap<u64, u64>,
+    applied: BTreeMap<u64, (u64, Vec<u8>)>,
+    pub summary: ClusterSummary,
+    seed: u64,
+}
+
+fn identity(id: u64, n: u64) -> Identity {
+    let members = (1..=n)
+        .map(|m| Member {
+            id: m,
+            name: format!("n{m}"),
+            peer_ur_ls: vec![format!("http://n{m}:2380")],
+            ..Default::default()
+        })
+        .collect();
+    Identity { name: format!("n{id}"), member_id: id, cluster_id: 7, initial_members: members }
+}
+
+fn digest(acc: &mut u64, x: u64) {
+    for b in x.to_le_bytes() {
+        *acc ^= b as u64;
+        *acc = acc.wrapping_mul(0x100000001b3);
+    }
+}
+
+impl Cluster {
+    pub fn new(seed: u64, n: u64, clients: usize) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let faults = Faults {
+            drop_pct: rng.random_range(0..15),
+            dup_pct: rng.random_range(0..5),
+            max_delay: rng.random_range(1..8),
+            crash_per_mille: rng.random_range(0..6),
+            partition_per_mille: rng.random_range(0..6),
+            tick_every: (0..n).map(|_| rng.random_range(1..4)).collect(),
+        };
+        let mut c = Cluster {
+            rng,
+            n,
+            nodes: BTreeMap::new(),
+            disks: (1..=n).map(|id| (id, SimBackend::new(&format!("n{id}")))).collect(),
+            net: BTreeMap::new(),
+            net_seq: 0,
+            partition: Vec::new(),
+            faults,
+            now: 0,
+            clients: (0..clients).map(|_| ClientState::Idle).collect(),
+            history: Vec::new(),
+            next_value: 1,
+            next_id: 1,
+            leaders: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            summary: ClusterSummary { trace_digest: 0xcbf29ce484222325, ..Default::default() },
+            seed,
+        };
+        for id in 1..=n {
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: u64) {
+        let disk = self.disks.remove(&id).expect("a disk");
+        let mut cfg = Config::new(id, self.rng.random());
+        cfg.election_ticks = 10;
+        let Recovered { node, wal, sm, .. } = recover(disk, &identity(id, self.n), cfg, Default::default())
+            .unwrap_or_else(|e| panic!("seed {}: node {id} cannot recover: {e}", self.seed));
+        self.nodes.insert(
+            id,
+            Some(SimNode {
+                node,
+                wal,
+                sm,
+                writes: HashMap::new(),
+                reads: HashMap::new(),
+                ready_reads: Vec::new(),
+            }),
+        );
+    }
+
+    fn crash(&mut self, id: u64) {
+        let Some(Some(n)) = self.nodes.get_mut(&id).map(|n| n.take()) else { return };
+        let live = n.wal.backend().clone();
+        let unsynced = live.unsynced_len();
+        let fault = match self.rng.random_range(0..3) {
+            0 => CrashFault::LoseUnsynced,
+            1 => CrashFault::Torn { keep: self.rng.random_range(0..=unsynced) },
+            _ => CrashFault::TornFlipped {
+                keep: self.rng.random_range(0..=unsynced),
+                bit: self.rng.random_range(0..1 << 20),
+            },
+        };
+        self.disks.insert(id, live.crash(fault));
+        // Whatever its clients were waiting for is now unknown.
+        for (_, (client, op)) in n.writes.into_iter() {
+            self.give_up(client, op);
+        }
+        for (_, (client, op)) in
+            n.reads.into_iter().chain(n.ready_reads.into_iter().map(|(_, c, o)| (0, (c, o))))
+        {
+            self.give_up(client, op);
+        }
+        self.summary.crashes += 1;
+        digest(&mut self.summary.trace_digest, 0xdead ^ id);
+    }
+
+    /// The client stops waiting: a write's outcome becomes unknown; a read simply did not happen.
+    fn give_up(&mut self, client: usize, op: usize) {
+        if let ClientState::Waiting { op: waiting, .. } = self.clients[client] {
+            if waiting == op {
+                self.clients[client] = ClientState::Idle;
+                if self.history[op].input == RegisterInput::Read {
+                    self.history[op].call = u64::MAX; // marked for removal
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, client: usize, op: usize, output: RegisterOutput) {
+        if let ClientState::Waiting { op: waiting, .. } = self.clients[client] {
+            if waiting == op {
+                self.history[op].ret = Some(jepsen::checker::Ret { time: self.now, output });
+                self.clients[client] = ClientState::Idle;
+                self.summary.ops_ok += 1;
+            }
+        }
+    }
+
+    fn connected(&self, a: u64, b: u64) -> bool {
+        self.partition.is_empty() || self.partition.iter().any(|g| g.contains(&a) && g.contains(&b))
+    }
+
+    fn send(&mut self, m: Message) {
+        if self.rng.random_range(0..100) < self.faults.drop_pct {
+            return;
+        }
+        let copies = if self.rng.random_range(0..100) < self.faults.dup_pct { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now + self.rng.random_range(1..=self.faults.max_delay);
+            self.net_seq += 1;
+            self.net.insert((at, self.net_seq), m.clone());
+        }
+    }
+
+    fn issue(&mut self, client: usize) {
+        let up: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect();
+        if up.is_empty() {
+            return;
+        }
+        let node_id = up[self.rng.random_range(0..up.len())];
+        let kind = self.rng.random_range(0..3);
+        let input = match kind {
+            0 => RegisterInput::Read,
+            1 => {
+                self.next_value += 1;
+                RegisterInput::Write(self.next_value)
+            }
+            _ => {
+                self.next_value += 1;
+                RegisterInput::Cas {
+                    from: self.rng.random_range(1..self.next_value.max(2)),
+                    to: self.next_value,
+                }
+            }
+        };
+        let op = self.history.len();
+        self.history.push(Operation::unknown(client as u64, input, self.now));
+        let deadline = self.now + 200;
+        let id = self.next_id;
+        self.next_id += 1;
+        let node = self.nodes.get_mut(&node_id).unwrap().as_mut().unwrap();
+        let accepted = match input {
+            RegisterInput::Read => {
+                let ok = node.node.read_index(id.to_be_bytes().to_vec().into()).is_ok();
+                if ok {
+                    node.reads.insert(id, (client, op));
+                }
+                ok
+            }
+            RegisterInput::Write(v) => {
+                let put = PutRequest { key: KEY.into(), value: v.to_string().into(), ..Default::default() };
+                let data = Request { id, op: Some(Op::Put(put)) }.encode_to_vec();
+                let ok = node.node.propose(data.into()).is_ok();
+                if ok {
+                    node.writes.insert(id, (client, op));
+                }
+                ok
+            }
+            RegisterInput::Cas { from, to } => {
+                let cmp = Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Value as i32,
+                    key: KEY.into(),
+                    target_union: Some(compare::TargetUnion::Value(from.to_string().into())),
+                    range_end: Default::default(),
+                };
+                let put = PutRequest { key: KEY.into(), value: to.to_string().into(), ..Default::default() };
+                let txn = TxnRequest {
+                    compare: vec![cmp],
+                    success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put)) }],
+                    failure: vec![],
+                };
+                let data = Request { id, op: Some(Op::Txn(txn)) }.encode_to_vec();
+                let ok = node.node.propose(data.into()).is_ok();
+                if ok {
+                    node.writes.insert(id, (client, op));
+                }
+                ok
+            }
+        };
+        if accepted {
+            self.clients[client] = ClientState::Waiting { op, node: node_id, deadline };
+        } else {
+            // Refused at once (no leader known): it certainly had no effect.
+            self.history[op].call = u64::MAX;
+        }
+    }
+
+    fn process(&mut self, id: u64) {
+        for _ in 0..16 {
+            let Some(Some(n)) = self.nodes.get_mut(&id) else { return };
+            if !n.node.has_ready() {
+                break;
+            }
+            let mut out = Vec::new();
+            let outcome = handle_ready(&mut n.node, &mut n.wal, &mut n.sm, self.now, &mut |m| out.push(m))
+                .unwrap_or_else(|e| panic!("seed {}: WAL of node {id} failed: {e}", self.seed));
+            let (term, role) = (n.node.term(), n.node.role());
+            let mut finished = Vec::new();
+            for (index, effect) in &outcome.applied {
+                let entry = n.node.entries(*index, index + 1);
+                if let Some(e) = entry.first() {
+                    let prev = self.applied.entry(*index).or_insert((e.term, e.data.to_vec()));
+                    assert_eq!(
+                        *prev,
+                        (e.term, e.data.to_vec()),
+                        "seed {}: state machine safety: node {id} applied a different entry at {index}",
+                        self.seed
+                    );
+                }
+                if let Applied::Write { request_id, result, .. } = effect {
+                    if let Some((client, op)) = n.writes.remove(request_id) {
+                        let output = match result {
+                            Ok(WriteResponse::Put(_)) => Some(RegisterOutput::Write),
+                            Ok(WriteResponse::Txn(t)) => Some(RegisterOutput::Cas(t.succeeded)),
+                            _ => None,
+                        };
+                        finished.push((client, op, output));
+                    }
+                }
+            }
+            for rs in &outcome.read_states {
+                let ctx = u64::from_be_bytes(rs.request_ctx[..].try_into().unwrap());
+                if let Some((client, op)) = n.reads.remove(&ctx) {
+                    n.ready_reads.push((rs.index, client, op));
+                }
+            }
+            let applied = n.sm.applied_index();
+            let mut served = Vec::new();
+            n.ready_reads.retain(|(index, client, op)| {
+                if *index <= applied {
+                    served.push((*client, *op));
+                    false
+                } else {
+                    true
+                }
+            });
+            let value =
+                n.sm.store
+                    .range(&RangeRequest { key: KEY.into(), ..Default::default() })
+                    .unwrap()
+                    .kvs
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).parse::<i64>().unwrap());
+            if role == StateRole::Leader {
+                let prev = *self.leaders.entry(term).or_insert(id);
+                assert_eq!(prev, id, "seed {}: election safety: two leaders in term {term}", self.seed);
+                self.summary.max_term = self.summary.max_term.max(term);
+            }
+            for m in out {
+                self.send(m);
+            }
+            for (client, op, output) in finished {
+                match output {
+                    Some(o) => self.finish(client, op, o),
+                    None => self.give_up(client, op),
+                }
+            }
+            for (client, op) in served {
+                self.finish(client, op, RegisterOutput::Read(value));
+            }
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        while let Some((&(at, seq), _)) = self.net.first_key_value() {
+            if at > self.now {
+                break;
+            }
+            let m = self.net.remove(&(at, seq)).unwrap();
+            if !self.connected(m.from, m.to) {
+                continue;
+            }
+            digest(&mut self.summary.trace_digest, m.msg_type as u64 ^ (m.to << 8) ^ (m.index << 16));
+            if let Some(Some(n)) = self.nodes.get_mut(&m.to) {
+                let _ = n.node.step(m);
+            }
+        }
+    }
+
+    /// One step of simulated time. `faults` turns fault injection on or off.
+    fn step(&mut self, faults: bool) {
+        self.now += 1;
+        for id in 1..=self.n {
+            if self.now.is_multiple_of(self.faults.tick_every[id as usize - 1]) {
+                if let Some(Some(n)) = self.nodes.get_mut(&id) {
+                    n.node.tick();
+                }
+            }
+        }
+        self.deliver_due();
+        if faults {
+            if self.rng.random_range(0..1000) < self.faults.crash_per_mille {
+                let id = self.rng.random_range(1..=self.n);
+                self.crash(id);
+            }
+            if self.rng.random_range(0..1000) < self.faults.partition_per_mille {
+                self.summary.partitions += 1;
+                if self.partition.is_empty() {
+                    let cut = self.rng.random_range(1..self.n);
+                    let mut ids: Vec<u64> = (1..=self.n).collect();
+                    for i in (1..ids.len()).rev() {
+                        ids.swap(i, self.rng.random_range(0..=i));
+                    }
+                    self.partition = vec![
+                        ids[..cut as usize].iter().copied().collect(),
+                        ids[cut as usize..].iter().copied().collect(),
+                    ];
+                } else {
+                    self.partition.clear();
+                }
+            }
+        }
+        for id in 1..=self.n {
+            if !self.nodes.get(&id).is_some_and(|n| n.is_some())
+                && (!faults || self.rng.random_range(0..100) < 2)
+            {
+                self.start(id);
+            }
+        }
+        for client in 0..self.clients.len() {
+            match self.clients[client] {
+                ClientState::Idle => {
+                    if faults && self.rng.random_range(0..100) < 30 {
+                        self.issue(client);
+                    }
+                }
+                ClientState::Waiting { op, node, deadline } => {
+                    if self.now > deadline {
+                        if let Some(Some(n)) = self.nodes.get_mut(&node) {
+                            n.writes.retain(|_, (c, _)| *c != client);
+                            n.reads.retain(|_, (c, _)| *c != client);
+                            n.ready_reads.retain(|(_, c, _)| *c != client);
+                        }
+                        self.give_up(client, op);
+                    }
+                }
+            }
+        }
+        for id in 1..=self.n {
+            self.process(id);
+        }
+    }
+
+    /// Runs `steps` with faults, then heals everything and lets the cluster settle; checks the
+    /// history and that the healed cluster still commits.
+    pub fn run(mut self, steps: u64) -> ClusterSummary {
+        for _ in 0..steps {
+            self.step(true);
+        }
+        self.partition.clear();
+        for _ in 0..2000 {
+            self.step(false);
+            if self.clients.iter().all(|c| matches!(c, ClientState::Idle)) {
+                break;
+            }
+        }
+        // Liveness: once faults have healed, a client's operations complete again.
+        let probe = self.clients.len();
+        self.clients.push(ClientState::Idle);
+        let mut committed = false;
+        for _attempt in 0..50 {
+            if matches!(self.clients[probe], ClientState::Idle) {
+                self.issue(probe);
+            }
+            for _ in 0..100 {
+                self.step(false);
+            }
+            if let Some(op) = self.history.iter().rposition(|o| o.process == probe as u64) {
+                if self.history[op].ret.is_some() {
+                    committed = true;
+                    break;
+                }
+            }
+        }
+        assert!(committed, "seed {}: liveness: no operation completed after the faults healed", self.seed);
+        self.history.retain(|o| o.call != u64::MAX);
+        self.summary.ops_unknown = self.history.iter().filter(|o| o.ret.is_none()).count();
+        let result = check::<Register>(&self.history, &CheckOptions::default());
+        if let (Verdict::NotLinearizable, Some(failure)) = (&result.verdict, &result.failure) {
+            let window =
+                jepsen::checker::minimal_window::<Register>(&self.history, failure, &CheckOptions::default());
+            let title = format!("SIM_SEED={}", self.seed);
+            let html = jepsen::checker::render_html(
+                &self.history,
+                &window,
+                |s: &Option<i64>| format!("{s:?}"),
+                &jepsen::checker::HtmlOptions { title: &title, time_name: "step" },
+            );
+            let path = std::env::temp_dir().join(format!("keel-sim-{}.html", self.seed));
+            let _ = std::fs::write(&path, html);
+            eprintln!("seed {}: minimal non-linearizable window (report: {}):", self.seed, path.display());
+            for &i in &window.ops {
+                let o = &self.history[i];
+                eprintln!(
+                    "  client {} {:?} call {} -> {:?}",
+                    o.process,
+                    o.input,
+                    o.call,
+                    o.ret.as_ref().map(|r| (r.time, &r.output))
+                );
+            }
+        }
+        assert_eq!(
+            result.verdict,
+            Verdict::Linearizable,
+            "seed {}: history of {} ops is not linearizable (or the checker ran out of budget)",
+            self.seed,
+            self.history.len()
+        );
+        self.summary
+    }
+}
