@@ -10,6 +10,7 @@ fn main() {
         root.join("etcdserverpb/rpc.proto"),
         root.join("v3lockpb/v3lock.proto"),
         root.join("v3electionpb/v3election.proto"),
+        root.join("keelpb/keel.proto"),
     ];
     tonic_build::configure()
         .extern_path(".mvccpb", "::keel_core::pb::mvccpb")
@@ -17,6 +18,7 @@ fn main() {
         .extern_path(".etcdserverpb", "::keel_core::pb::etcdserverpb")
         .extern_path(".v3lockpb", "::keel_core::pb::v3lockpb")
         .extern_path(".v3electionpb", "::keel_core::pb::v3electionpb")
+        .extern_path(".keelpb", "::keel_core::pb::keelpb")
         .compile_protos(&protos, &[root])
         .expect("compile etcd's services");
     println!("cargo:rerun-if-changed=../core/proto");

@@ -15,7 +15,7 @@ use keel_core::mvcc::MvccError;
 use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
 use keel_core::pb::keelpb::{request::Op, Request};
-use keel_core::raft::{MemStorage, ProposeError, RawNode, StateRole};
+use keel_core::raft::{MemStorage, Message, ProposeError, RawNode, StateRole};
 use keel_core::state_machine::{Applied, ApplyError, StateMachine, WriteResponse};
 use prost::Message as _;
 use std::collections::{BTreeMap, HashMap};
@@ -62,18 +62,52 @@ pub struct NodeStatus {
 }
 
 enum Command {
-    WatchOpen { reply: oneshot::Sender<(u64, mpsc::Receiver<WatchUpdate>)> },
-    WatchCreate { stream: u64, watch_id: i64, spec: WatchSpec },
-    WatchCancel { stream: u64, watch_id: i64 },
-    WatchProgress { stream: u64 },
-    WatchClose { stream: u64 },
-    Propose { op: Op, reply: oneshot::Sender<Result<WriteResponse, RequestError>> },
-    Range { req: RangeRequest, reply: oneshot::Sender<Result<RangeResponse, RequestError>> },
-    Status { reply: oneshot::Sender<NodeStatus> },
-    HashKv { revision: i64, reply: oneshot::Sender<Result<HashKv, RequestError>> },
-    LeaseKeepAlive { id: i64, reply: oneshot::Sender<(ResponseHeader, Result<i64, LeaseError>)> },
-    LeaseTimeToLive { id: i64, reply: oneshot::Sender<(ResponseHeader, Option<TimeToLive>)> },
-    LeaseLeases { reply: oneshot::Sender<(ResponseHeader, Vec<i64>)> },
+    /// Raft messages from peers.
+    Step(Vec<Message>),
+    WatchOpen {
+        reply: oneshot::Sender<(u64, mpsc::Receiver<WatchUpdate>)>,
+    },
+    WatchCreate {
+        stream: u64,
+        watch_id: i64,
+        spec: WatchSpec,
+    },
+    WatchCancel {
+        stream: u64,
+        watch_id: i64,
+    },
+    WatchProgress {
+        stream: u64,
+    },
+    WatchClose {
+        stream: u64,
+    },
+    Propose {
+        op: Op,
+        reply: oneshot::Sender<Result<WriteResponse, RequestError>>,
+    },
+    Range {
+        req: RangeRequest,
+        reply: oneshot::Sender<Result<RangeResponse, RequestError>>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    HashKv {
+        revision: i64,
+        reply: oneshot::Sender<Result<HashKv, RequestError>>,
+    },
+    LeaseKeepAlive {
+        id: i64,
+        reply: oneshot::Sender<(ResponseHeader, Result<i64, LeaseError>)>,
+    },
+    LeaseTimeToLive {
+        id: i64,
+        reply: oneshot::Sender<(ResponseHeader, Option<TimeToLive>)>,
+    },
+    LeaseLeases {
+        reply: oneshot::Sender<(ResponseHeader, Vec<i64>)>,
+    },
 }
 
 /// The store's hash at a revision (etcd's HashKV).
@@ -105,6 +139,11 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Range { req, reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Hands Raft messages from a peer to the node.
+    pub async fn step(&self, msgs: Vec<Message>) -> Result<(), RequestError> {
+        self.tx.send(Command::Step(msgs)).await.map_err(|_| RequestError::Stopped)
     }
 
     /// Opens a watch stream: its id and the updates the hub sends it.
@@ -182,6 +221,9 @@ pub struct DriverConfig {
     pub election_timeout: Duration,
     /// Quiet time after which a watcher that asked for progress notifications gets one.
     pub watch_progress_interval: Duration,
+    /// Bounded queues to the peer transport, by member id. A full queue drops the message:
+    /// Raft retransmits what matters.
+    pub outbox: HashMap<u64, mpsc::Sender<Message>>,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -305,6 +347,13 @@ impl<B: Backend> Driver<B> {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
+            Command::Step(msgs) => {
+                for m in msgs {
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!(error = %e, "peer message refused");
+                    }
+                }
+            }
             Command::WatchOpen { reply } => {
                 let _ = reply.send(self.hub.open_stream());
             }
@@ -458,9 +507,14 @@ impl<B: Backend> Driver<B> {
 
     fn drain_ready(&mut self) -> Result<(), String> {
         while self.node.has_ready() {
-            // A sole voter has no peers to send to; the peer transport comes with issue #7.
             let now = self.now_ms();
-            let outcome = handle_ready(&mut self.node, &mut self.wal, &mut self.sm, now, &mut |_m| {})
+            let outbox = &self.cfg.outbox;
+            let mut send = |m: Message| {
+                if let Some(tx) = outbox.get(&m.to) {
+                    let _ = tx.try_send(m);
+                }
+            };
+            let outcome = handle_ready(&mut self.node, &mut self.wal, &mut self.sm, now, &mut send)
                 .map_err(|e| e.to_string())?;
             for (_, effect) in outcome.applied {
                 if let Applied::Write { request_id, result, events } = effect {

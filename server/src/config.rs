@@ -87,8 +87,6 @@ pub enum ConfigError {
         "--initial-cluster has {name}={cluster:?} but --initial-advertise-peer-urls has {advertised:?}; they must match"
     )]
     PeerUrlsMismatch { name: String, cluster: Vec<String>, advertised: Vec<String> },
-    #[error("--initial-cluster names {0} members: multi-member clusters come with Keel's cluster server (issue #7)")]
-    MultiMember(usize),
     #[error("--initial-cluster-state=existing (joining a running cluster) is not supported yet (issue #7)")]
     Existing,
     #[error("--heartbeat-interval must be positive and --election-timeout at least 2x it")]
@@ -107,6 +105,8 @@ pub struct Resolved {
     pub member_id: u64,
     pub cluster_id: u64,
     pub initial_members: Vec<Member>,
+    /// Where to listen for peers (only bound when the cluster has other members).
+    pub peer_addrs: Vec<SocketAddr>,
 }
 
 fn split_urls(s: &str) -> Vec<String> {
@@ -175,9 +175,6 @@ impl Config {
                 advertised: advertise_peer_urls.clone(),
             });
         }
-        if members.len() > 1 {
-            return Err(ConfigError::MultiMember(members.len()));
-        }
         let initial_members: Vec<Member> = members
             .iter()
             .map(|(name, urls)| Member {
@@ -190,9 +187,10 @@ impl Config {
             .collect();
         let member_id = ids::member_id(&advertise_peer_urls, &self.initial_cluster_token);
         let cluster_id = ids::cluster_id(&initial_members.iter().map(|m| m.id).collect::<Vec<_>>());
-        for u in split_urls(&self.listen_peer_urls) {
-            url_to_addr(&u)?;
-        }
+        let peer_addrs = split_urls(&self.listen_peer_urls)
+            .iter()
+            .map(|u| url_to_addr(u))
+            .collect::<Result<Vec<_>, _>>()?;
         let client_addrs = split_urls(&self.listen_client_urls)
             .iter()
             .map(|u| url_to_addr(u))
@@ -212,6 +210,7 @@ impl Config {
             member_id,
             cluster_id,
             initial_members,
+            peer_addrs,
         })
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod errors;
 pub mod pb;
+mod peer;
 mod recipes;
 mod services;
 
@@ -68,7 +69,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         fresh = recovered.fresh,
         "starting keel"
     );
+    // The other members and where to reach them; a single-member cluster has no transport.
+    let peers: std::collections::HashMap<u64, String> = resolved
+        .initial_members
+        .iter()
+        .filter(|m| m.id != resolved.member_id)
+        .map(|m| (m.id, m.peer_ur_ls[0].clone()))
+        .collect();
+    let outbox = peer::start_senders(&peers);
     let driver = DriverConfig {
+        outbox,
         tick: Duration::from_millis(heartbeat_ms),
         election_timeout: Duration::from_millis(config.election_timeout),
         watch_progress_interval: config.watch_progress_notify_interval,
@@ -84,6 +94,27 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         is_learner: false,
     };
     let mut servers = Vec::new();
+    if !peers.is_empty() {
+        for addr in resolved.peer_addrs.clone() {
+            let svc = peer::server(handle.clone());
+            let mut stop = shutdown.clone();
+            servers.push(tokio::spawn(async move {
+                let signal = async move {
+                    while !*stop.borrow() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_shutdown(addr, signal)
+                    .await
+                    .map_err(|source| RunError::Listen { addr, source })
+            }));
+            tracing::info!(%addr, "serving peers");
+        }
+    }
     for addr in resolved.client_addrs.clone() {
         let svc = services::Services::new(
             handle.clone(),

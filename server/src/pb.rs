@@ -14,3 +14,7 @@ pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
 pub use keel_core::pb::{authpb, mvccpb};
+pub mod keelpb {
+    pub use keel_core::pb::keelpb::*;
+    tonic::include_proto!("keelpb");
+}
