@@ -23,6 +23,7 @@ pub enum WriteResponse {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
+    MemberAttributes,
 }
 
 impl WriteResponse {
@@ -36,6 +37,7 @@ impl WriteResponse {
             WriteResponse::LeaseGrant(r) => &r.header,
             WriteResponse::LeaseRevoke(r) => &r.header,
             WriteResponse::LeaseCheckpoint(r) => &r.header,
+            WriteResponse::MemberAttributes => return 0,
         };
         h.as_ref().map_or(0, |h| h.revision)
     }
@@ -49,6 +51,7 @@ impl WriteResponse {
             WriteResponse::LeaseGrant(r) => &mut r.header,
             WriteResponse::LeaseRevoke(r) => &mut r.header,
             WriteResponse::LeaseCheckpoint(r) => &mut r.header,
+            WriteResponse::MemberAttributes => return,
         };
         *h = Some(header);
     }
@@ -137,6 +140,10 @@ impl StateMachine {
         self.applied_index
     }
 
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()
     }
@@ -196,6 +203,13 @@ impl StateMachine {
                 }
                 Err(e) => Err(ApplyError::Lease(e)),
             },
+            Some(Op::MemberAttributes(a)) => {
+                if let Some(m) = self.members.get_mut(&a.id) {
+                    m.name = a.name.clone();
+                    m.client_ur_ls = a.client_urls.clone();
+                }
+                Ok(WriteResponse::MemberAttributes)
+            }
             Some(Op::LeaseCheckpoint(c)) => {
                 for cp in &c.checkpoints {
                     self.lessor.checkpoint(cp.id, cp.remaining_ttl);

@@ -224,6 +224,9 @@ pub struct DriverConfig {
     /// Bounded queues to the peer transport, by member id. A full queue drops the message:
     /// Raft retransmits what matters.
     pub outbox: HashMap<u64, mpsc::Sender<Message>>,
+    /// This member's name and client URLs, published through the log once a leader exists.
+    pub name: String,
+    pub client_urls: Vec<String>,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -289,6 +292,7 @@ pub fn spawn<B: Backend + 'static>(
                 _ = ticker.tick() => {
                     d.node.tick();
                     d.drive_leases();
+                    d.publish_attributes();
                     d.ticks += 1;
                     if d.ticks % d.ticks_per_second == 0 {
                         let quiet = d.cfg.watch_progress_interval.as_secs().max(1) as u32;
@@ -468,6 +472,24 @@ impl<B: Backend> Driver<B> {
                 due.into_iter().map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect();
             self.propose_internal(Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }));
         }
+    }
+
+    /// Publishes this member's name and client URLs until the log has them (etcd does the
+    /// same at start), retrying about once a second.
+    fn publish_attributes(&mut self) {
+        let published = self
+            .sm
+            .member(self.cfg.member_id)
+            .is_some_and(|m| m.client_ur_ls == self.cfg.client_urls && m.name == self.cfg.name);
+        if published || self.node.leader() == 0 || self.ticks % self.ticks_per_second != 0 {
+            return;
+        }
+        let attrs = keel_core::pb::keelpb::MemberAttributes {
+            id: self.cfg.member_id,
+            name: self.cfg.name.clone(),
+            client_urls: self.cfg.client_urls.clone(),
+        };
+        self.propose_internal(Op::MemberAttributes(attrs));
     }
 
     /// A proposal of the node's own (no client waits for it); dropped if it cannot be taken,

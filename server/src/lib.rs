@@ -79,6 +79,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let outbox = peer::start_senders(&peers);
     let driver = DriverConfig {
         outbox,
+        name: config.name.clone(),
+        client_urls: resolved.advertise_client_urls.clone(),
         tick: Duration::from_millis(heartbeat_ms),
         election_timeout: Duration::from_millis(config.election_timeout),
         watch_progress_interval: config.watch_progress_notify_interval,

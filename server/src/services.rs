@@ -280,9 +280,8 @@ impl Cluster for Services {
             .members
             .into_iter()
             .map(|mut m| {
-                // Client URLs are not in the log yet (etcd publishes them through it); a member
-                // knows its own.
-                if m.id == self.self_member.id {
+                // Until its attributes are published through the log, a member knows its own.
+                if m.id == self.self_member.id && m.client_ur_ls.is_empty() {
                     m.client_ur_ls = self.self_member.client_ur_ls.clone();
                 }
                 m

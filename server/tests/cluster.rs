@@ -133,3 +133,48 @@ fn three_members_survive_the_loss_of_the_leader() {
     let all = until_ok(&bins, &endpoint(&members[l]), &["get", "k", "--prefix", "--print-value-only"]);
     assert!(all.starts_with("v1\nv2\n"), "acknowledged writes survive: {all}");
 }
+
+/// The same three-member cluster (names, ports, token) run first on etcd 3.5.1, then on Keel:
+/// `member list` in every format must be identical, ids included.
+#[test]
+fn member_list_of_a_three_member_cluster_matches_etcd() {
+    let bins = provision();
+    let dir = tempfile::tempdir().unwrap();
+    let mut members: Vec<Member> = (1..=3)
+        .map(|i| Member { name: format!("infra{i}"), client: free_port(), peer: free_port(), proc: None })
+        .collect();
+    let cluster = members
+        .iter()
+        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut outputs = Vec::new();
+    for (kind, program) in [("etcd", bins.etcd.clone()), ("keel", common::keel_bin())] {
+        let data = dir.path().join(kind);
+        for m in members.iter_mut() {
+            let log = data.join(format!("{}.log", m.name));
+            std::fs::create_dir_all(&data).unwrap();
+            let mut p = Proc::spawn(&m.name, &program, &args(m, &cluster, &data), &log);
+            p.wait_listening(SocketAddr::from(([127, 0, 0, 1], m.client)), Duration::from_secs(30));
+            m.proc = Some(p);
+        }
+        leader(&bins, &members);
+        let ep = endpoint(&members[1]);
+        // Every member's attributes are published through the log shortly after the election.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let simple = loop {
+            let out = until_ok(&bins, &ep, &["member", "list"]);
+            if out.lines().all(|l| l.matches("http://").count() == 2) || Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let table = until_ok(&bins, &ep, &["member", "list", "-w", "table"]);
+        outputs.push((kind, simple, table));
+        for m in members.iter_mut() {
+            m.proc.take().unwrap().signal_and_wait(libc::SIGKILL);
+        }
+    }
+    assert_eq!(outputs[0].1, outputs[1].1, "member list");
+    assert_eq!(outputs[0].2, outputs[1].2, "member list -w table");
+}
