@@ -481,7 +481,7 @@ impl<B: Backend> Driver<B> {
             .sm
             .member(self.cfg.member_id)
             .is_some_and(|m| m.client_ur_ls == self.cfg.client_urls && m.name == self.cfg.name);
-        if published || self.node.leader() == 0 || self.ticks % self.ticks_per_second != 0 {
+        if published || self.node.leader() == 0 || !self.ticks.is_multiple_of(self.ticks_per_second) {
             return;
         }
         let attrs = keel_core::pb::keelpb::MemberAttributes {
