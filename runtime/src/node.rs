@@ -64,6 +64,9 @@ pub struct NodeStatus {
 enum Command {
     /// Raft messages from peers.
     Step(Vec<Message>),
+    TransferLeader {
+        target: u64,
+    },
     WatchOpen {
         reply: oneshot::Sender<(u64, mpsc::Receiver<WatchUpdate>)>,
     },
@@ -139,6 +142,11 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Range { req, reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Asks the leader to hand leadership to `target` (the caller watches for it to happen).
+    pub async fn transfer_leader(&self, target: u64) -> Result<(), RequestError> {
+        self.tx.send(Command::TransferLeader { target }).await.map_err(|_| RequestError::Stopped)
     }
 
     /// Hands Raft messages from a peer to the node.
@@ -351,6 +359,7 @@ impl<B: Backend> Driver<B> {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
+            Command::TransferLeader { target } => self.node.transfer_leader(target),
             Command::Step(msgs) => {
                 for m in msgs {
                     if let Err(e) = self.node.step(m) {

@@ -3,6 +3,7 @@
 use crate::errors::{self, invalid, request_status};
 use crate::pb::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
+use crate::pb::etcdserverpb::lease_client::LeaseClient;
 use crate::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
 use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
@@ -17,6 +18,7 @@ use keel_core::state_machine::WriteResponse;
 use runtime::node::NodeHandle;
 use runtime::watch::{WatchSpec, WatchUpdate};
 use std::pin::Pin;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Bytes of gRPC framing allowed on top of `--max-request-bytes`, as etcd allows, so that an
@@ -241,9 +243,31 @@ impl Maintenance for Services {
 
     async fn move_leader(
         &self,
-        _r: Request<MoveLeaderRequest>,
+        r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader", 7))
+        let target = r.into_inner().target_id;
+        let s = self.node.status().await.map_err(request_status)?;
+        if s.leader != self.self_member.id {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if target == self.self_member.id || !s.members.iter().any(|m| m.id == target && !m.is_learner) {
+            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+        }
+        self.node.transfer_leader(target).await.map_err(request_status)?;
+        // The transfer finishes within an election timeout or is abandoned.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let s = self.node.status().await.map_err(request_status)?;
+            if s.leader == target {
+                return Ok(Response::new(MoveLeaderResponse { header: Some(s.header) }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     async fn downgrade(&self, _r: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
@@ -426,6 +450,48 @@ impl Watch for Services {
     }
 }
 
+/// A Lease client to the leader's (published) client URL.
+async fn leader_lease_client(node: &NodeHandle) -> Result<LeaseClient<Channel>, Status> {
+    let no_leader = || Status::unavailable("etcdserver: no leader");
+    let s = node.status().await.map_err(request_status)?;
+    let url = s
+        .members
+        .iter()
+        .find(|m| m.id == s.leader && s.leader != 0)
+        .and_then(|m| m.client_ur_ls.first().cloned())
+        .ok_or_else(no_leader)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(|_| no_leader())?;
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|_| no_leader())?;
+    Ok(LeaseClient::new(channel))
+}
+
+async fn forward_keep_alive(
+    node: &NodeHandle,
+    leader: &mut Option<LeaseClient<Channel>>,
+    id: i64,
+) -> Result<LeaseKeepAliveResponse, Status> {
+    if leader.is_none() {
+        *leader = Some(leader_lease_client(node).await?);
+    }
+    let client = leader.as_mut().expect("connected");
+    let result = async {
+        let mut responses = client
+            .lease_keep_alive(futures::stream::iter([LeaseKeepAliveRequest { id }]))
+            .await?
+            .into_inner();
+        responses.message().await?.ok_or_else(|| Status::unavailable("etcdserver: leader changed"))
+    }
+    .await;
+    if result.is_err() {
+        *leader = None; // Reconnect next time; the leader may have changed.
+    }
+    result
+}
+
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -465,20 +531,30 @@ impl Lease for Services {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let inbound = request.into_inner();
         let node = self.node.clone();
-        let out = futures::stream::unfold((inbound, node), |(mut inbound, node)| async move {
-            let req = match inbound.message().await {
-                Ok(Some(req)) => req,
-                _ => return None,
-            };
-            let item = match node.lease_keep_alive(req.id).await {
-                // An unknown (or just expired) lease answers TTL 0, as etcd does.
-                Ok((header, result)) => {
-                    Ok(LeaseKeepAliveResponse { header: Some(header), id: req.id, ttl: result.unwrap_or(0) })
-                }
-                Err(e) => Err(request_status(e)),
-            };
-            Some((item, (inbound, node)))
-        });
+        type State = (tonic::Streaming<LeaseKeepAliveRequest>, NodeHandle, Option<LeaseClient<Channel>>);
+        let out = futures::stream::unfold(
+            (inbound, node, None) as State,
+            |(mut inbound, node, mut leader)| async move {
+                let req = match inbound.message().await {
+                    Ok(Some(req)) => req,
+                    _ => return None,
+                };
+                let item = match node.lease_keep_alive(req.id).await {
+                    // Only the leader tracks expiry: a follower forwards the keep-alive to it.
+                    Ok((_, Err(LeaseError::NotLeader))) => {
+                        forward_keep_alive(&node, &mut leader, req.id).await
+                    }
+                    // An unknown (or just expired) lease answers TTL 0, as etcd does.
+                    Ok((header, result)) => Ok(LeaseKeepAliveResponse {
+                        header: Some(header),
+                        id: req.id,
+                        ttl: result.unwrap_or(0),
+                    }),
+                    Err(e) => Err(request_status(e)),
+                };
+                Some((item, (inbound, node, leader)))
+            },
+        );
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -487,6 +563,12 @@ impl Lease for Services {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
+        // The remaining TTL is known exactly only on the leader: a follower asks it.
+        let status = self.node.status().await.map_err(request_status)?;
+        if status.leader != self.self_member.id {
+            let mut client = leader_lease_client(&self.node).await?;
+            return client.lease_time_to_live(req).await;
+        }
         let (header, ttl) = self.node.lease_time_to_live(req.id).await.map_err(request_status)?;
         let resp = match ttl {
             // An unknown lease answers TTL -1, as etcd does.

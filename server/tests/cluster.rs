@@ -105,6 +105,31 @@ fn three_members_survive_the_loss_of_the_leader() {
     let list = until_ok(&bins, &endpoint(&members[l]), &["member", "list"]);
     assert_eq!(list.lines().count(), 3, "{list}");
 
+    // Leases through followers: only the leader tracks expiry, so followers forward.
+    let granted = until_ok(&bins, &endpoint(&members[f1]), &["lease", "grant", "60"]);
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    let kept = until_ok(&bins, &endpoint(&members[f2]), &["lease", "keep-alive", "--once", &id]);
+    assert_eq!(kept, format!("lease {id} keepalived with TTL(60)\n"));
+    let ttl = until_ok(&bins, &endpoint(&members[f2]), &["lease", "timetolive", &id]);
+    assert!(ttl.starts_with(&format!("lease {id} granted with TTL(60s), remaining(5")), "{ttl}");
+
+    // Move leadership to a follower and back (etcdctl move-leader talks to the leader).
+    let ids: Vec<String> = list.lines().map(|l| l.split(',').next().unwrap().to_string()).collect();
+    let name_of = |i: usize| members[i].name.clone();
+    let target_id = ids
+        .iter()
+        .zip(list.lines())
+        .find(|(_, l)| l.contains(&format!(" {},", name_of(f1))))
+        .unwrap()
+        .0
+        .clone();
+    let moved = until_ok(&bins, &endpoint(&members[l]), &["move-leader", &target_id]);
+    assert!(moved.starts_with("Leadership transferred from "), "{moved}");
+    assert_eq!(leader(&bins, &members), f1);
+    // (etcdctl itself refuses to send move-leader to a member that is not the leader.)
+    let l = f1;
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+
     // Kill the leader: the others elect a new one and take writes.
     members[l].proc.take().unwrap().signal_and_wait(libc::SIGKILL);
     until_ok(&bins, &endpoint(&members[f1]), &["put", "k2", "v2"]);
