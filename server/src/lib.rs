@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod errors;
+#[cfg(not(madsim))]
+mod http;
 pub mod pb;
 mod peer;
 mod recipes;

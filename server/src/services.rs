@@ -54,6 +54,25 @@ impl Services {
         Services { node, self_member, max_request_bytes, max_txn_ops, lease_ids }
     }
 
+    /// etcd's gRPC services and, on the same port, its HTTP endpoints (`/health`, `/version`,
+    /// `/metrics`).
+    #[cfg(not(madsim))]
+    pub(crate) fn router(self) -> tonic::transport::server::Router {
+        let max = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let node = self.node.clone();
+        let grpc = tonic::service::Routes::new(KvServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(MaintenanceServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(WatchServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(LockServer::new(crate::recipes::Recipes { node: self.node.clone() }))
+            .add_service(ElectionServer::new(crate::recipes::Recipes { node: self.node.clone() }))
+            .add_service(ClusterServer::new(self).max_decoding_message_size(max));
+        let http = crate::http::routes(grpc.into_axum_router(), node);
+        tonic::transport::Server::builder().accept_http1(true).add_routes(tonic::service::Routes::from(http))
+    }
+
+    /// Under the simulator: the gRPC services only.
+    #[cfg(madsim)]
     pub(crate) fn router(self) -> tonic::transport::server::Router {
         let max = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
         tonic::transport::Server::builder()
