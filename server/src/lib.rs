@@ -100,7 +100,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let mut servers = Vec::new();
     if !peers.is_empty() {
         for addr in resolved.peer_addrs.clone() {
-            let svc = peer::server(handle.clone());
+            let svc = peer::peer_server!(handle.clone());
             let mut stop = shutdown.clone();
             servers.push(tokio::spawn(async move {
                 let signal = async move {

@@ -4,7 +4,7 @@
 //! backoff. The receiving side hands batches to the node task.
 
 use crate::pb::keelpb::raft_client::RaftClient;
-use crate::pb::keelpb::raft_server::{Raft, RaftServer};
+use crate::pb::keelpb::raft_server::Raft;
 use crate::pb::keelpb::{MessageBatch, SendResponse};
 use keel_core::raft::Message;
 use runtime::node::NodeHandle;
@@ -38,9 +38,14 @@ impl Raft for PeerService {
     }
 }
 
-pub(crate) fn server(node: NodeHandle) -> RaftServer<PeerService> {
-    RaftServer::new(PeerService { node }).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+/// The peer service, ready to serve (its type differs under the simulator, hence a macro).
+macro_rules! peer_server {
+    ($node:expr) => {
+        $crate::pb::keelpb::raft_server::RaftServer::new($crate::peer::PeerService { node: $node })
+            .max_decoding_message_size($crate::peer::PEER_MESSAGE_BYTES_MAX)
+    };
 }
+pub(crate) use peer_server;
 
 /// Starts a sender task per peer; returns the queues the node task writes to.
 pub(crate) fn start_senders(peers: &HashMap<u64, String>) -> HashMap<u64, mpsc::Sender<Message>> {
