@@ -13,5 +13,7 @@ pub mod ids;
 pub mod lease;
 pub mod mvcc;
 pub mod pb;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod raft;
 pub mod state_machine;

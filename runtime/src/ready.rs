@@ -41,7 +41,11 @@ pub fn handle_ready<B: Backend>(
         wal.append_hard_state(hs);
     }
     wal.append_entries(&rd.entries);
-    wal.flush(rd.must_sync)?;
+    #[cfg(feature = "planted-bugs")]
+    let sync = rd.must_sync && !keel_core::planted::active(keel_core::planted::ACK_BEFORE_FSYNC);
+    #[cfg(not(feature = "planted-bugs"))]
+    let sync = rd.must_sync;
+    wal.flush(sync)?;
     node.store_mut().append(&rd.entries);
     if let Some(hs) = &rd.hard_state {
         node.store_mut().set_hard_state(*hs);

@@ -19,7 +19,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use runtime::backend::{CrashFault, SimBackend};
 use runtime::ready::handle_ready;
-use runtime::recover::{recover, Identity, Recovered};
+use runtime::recover::{recover, Identity, RecoverError, Recovered};
+use runtime::wal::WalError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The knobs of one run, drawn from the seed (swarm testing: each seed its own fault mix).
@@ -32,6 +33,9 @@ pub struct Faults {
     pub partition_per_mille: u32,
     /// Steps per tick, per node (clock drift).
     pub tick_every: Vec<u64>,
+    /// Raft's bound on one append's bytes: small values send one entry per append, which
+    /// opens interleavings a large batch hides.
+    pub msg_bytes_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -42,6 +46,11 @@ pub struct ClusterSummary {
     pub partitions: u32,
     pub max_term: u64,
     pub trace_digest: u64,
+    /// The checker ran out of budget (too many operations of unknown outcome to search):
+    /// neither a pass nor a violation.
+    pub check_unknown: bool,
+    /// Members that found their WAL damaged (detected, so they stayed down).
+    pub corrupt_detected: u32,
 }
 
 const KEY: &[u8] = b"r";
@@ -84,6 +93,8 @@ pub struct Cluster {
     applied: BTreeMap<u64, (u64, Vec<u8>)>,
     pub summary: ClusterSummary,
     seed: u64,
+    /// Members whose WAL recovery detected damage: down for good.
+    corrupt: BTreeSet<u64>,
 }
 
 fn identity(id: u64, n: u64) -> Identity {
@@ -112,9 +123,15 @@ impl Cluster {
             drop_pct: rng.random_range(0..15),
             dup_pct: rng.random_range(0..5),
             max_delay: rng.random_range(1..8),
-            crash_per_mille: rng.random_range(0..6),
-            partition_per_mille: rng.random_range(0..6),
+            // Most runs crash rarely; some crash often (leaders die mid-replication).
+            crash_per_mille: if rng.random_bool(0.25) {
+                rng.random_range(10..40)
+            } else {
+                rng.random_range(0..6)
+            },
+            partition_per_mille: rng.random_range(0..20),
             tick_every: (0..n).map(|_| rng.random_range(1..4)).collect(),
+            msg_bytes_max: [1, 64, 1 << 20][rng.random_range(0..3)],
         };
         let mut c = Cluster {
             rng,
@@ -134,6 +151,7 @@ impl Cluster {
             applied: BTreeMap::new(),
             summary: ClusterSummary { trace_digest: 0xcbf29ce484222325, ..Default::default() },
             seed,
+            corrupt: BTreeSet::new(),
         };
         for id in 1..=n {
             c.start(id);
@@ -142,11 +160,27 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
+        if self.corrupt.contains(&id) {
+            return;
+        }
         let disk = self.disks.remove(&id).expect("a disk");
         let mut cfg = Config::new(id, self.rng.random());
         cfg.election_ticks = 10;
-        let Recovered { node, wal, sm, .. } = recover(disk, &identity(id, self.n), cfg, Default::default())
-            .unwrap_or_else(|e| panic!("seed {}: node {id} cannot recover: {e}", self.seed));
+        cfg.msg_bytes_max = self.faults.msg_bytes_max;
+        let Recovered { node, wal, sm, .. } =
+            match recover(disk.clone(), &identity(id, self.n), cfg, Default::default()) {
+                Ok(r) => r,
+                // Damage before the WAL's tail (a flipped bit in unsynced data with intact data
+                // after it) is detected and the member refuses to start, never serving it; an
+                // operator would replace it. It stays down for the rest of the run.
+                Err(RecoverError::Wal(WalError::Corrupt { .. })) => {
+                    self.corrupt.insert(id);
+                    self.disks.insert(id, disk);
+                    self.summary.corrupt_detected += 1;
+                    return;
+                }
+                Err(e) => panic!("seed {}: node {id} cannot recover: {e}", self.seed),
+            };
         self.nodes.insert(
             id,
             Some(SimNode {
@@ -485,7 +519,13 @@ impl Cluster {
                 }
             }
         }
-        assert!(committed, "seed {}: liveness: no operation completed after the faults healed", self.seed);
+        // Liveness needs a majority of members able to run.
+        let healthy = self.n as usize - self.corrupt.len();
+        assert!(
+            committed || healthy <= self.n as usize / 2,
+            "seed {}: liveness: no operation completed after the faults healed",
+            self.seed
+        );
         self.history.retain(|o| o.call != u64::MAX);
         self.summary.ops_unknown = self.history.iter().filter(|o| o.ret.is_none()).count();
         let result = check::<Register>(&self.history, &CheckOptions::default());
@@ -513,13 +553,14 @@ impl Cluster {
                 );
             }
         }
-        assert_eq!(
+        assert_ne!(
             result.verdict,
-            Verdict::Linearizable,
-            "seed {}: history of {} ops is not linearizable (or the checker ran out of budget)",
+            Verdict::NotLinearizable,
+            "seed {}: history of {} ops is not linearizable",
             self.seed,
             self.history.len()
         );
+        self.summary.check_unknown = result.verdict == Verdict::Unknown;
         self.summary
     }
 }

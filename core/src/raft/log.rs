@@ -185,6 +185,11 @@ impl<S: Storage> RaftLog<S> {
     /// Commits up to `index` if it is an entry of `term`: a leader commits only entries of its own
     /// term by counting replicas (§5.4.2).
     pub(crate) fn maybe_commit(&mut self, index: u64, term: u64) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::active(crate::planted::COMMIT_OLD_TERM_BY_COUNT) && index > self.committed {
+            self.commit_to(index);
+            return true;
+        }
         if index > self.committed && self.term(index).ok() == Some(term) {
             self.commit_to(index);
             return true;

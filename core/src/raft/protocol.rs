@@ -702,8 +702,17 @@ impl<S: Storage> Raft<S> {
     }
 
     fn leader_read_index(&mut self, m: Message) {
-        if self.voters.len() == 1 && self.voters.contains(&self.id) {
-            if self.committed_in_term() {
+        #[cfg(feature = "planted-bugs")]
+        let sole = (self.voters.len() == 1 && self.voters.contains(&self.id))
+            || crate::planted::active(crate::planted::READ_WITHOUT_QUORUM);
+        #[cfg(not(feature = "planted-bugs"))]
+        let sole = self.voters.len() == 1 && self.voters.contains(&self.id);
+        #[cfg(feature = "planted-bugs")]
+        let in_term = self.committed_in_term() || crate::planted::active(crate::planted::READ_WITHOUT_QUORUM);
+        #[cfg(not(feature = "planted-bugs"))]
+        let in_term = self.committed_in_term();
+        if sole {
+            if in_term {
                 let index = self.log.committed;
                 self.respond_read_index(m, index);
             } else {
