@@ -31,7 +31,8 @@ fn normalise(lines: &[String]) -> Vec<String> {
     lines
         .iter()
         .map(|l| match l.split_once('/') {
-            Some((name, id)) if id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
+            // Keys carry the lease id as `%x`: up to 16 hex digits, leading zeros dropped.
+            Some((name, id)) if (1..=16).contains(&id.len()) && id.chars().all(|c| c.is_ascii_hexdigit()) => {
                 format!("{name}/<lease>")
             }
             _ => l.clone(),
