@@ -31,6 +31,9 @@ pub const BATCH_COMMANDS_MAX: usize = 1024;
 pub const PENDING_WRITES_MAX: usize = 16 * 1024;
 /// Bound on reads waiting for their read point.
 pub const PENDING_READS_MAX: usize = 16 * 1024;
+/// How long a client waits for its write to apply or its read to be served (etcd: 5 s plus
+/// two election timeouts with defaults).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// Failures a client sees; the server maps them to etcd's gRPC codes and messages.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub enum RequestError {
     LeaderChanged,
     #[error("etcdserver: too many requests")]
     TooManyRequests,
+    #[error("etcdserver: request timed out")]
+    Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error(transparent)]
@@ -131,17 +136,25 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// Proposes a write and waits for it to apply, at most [`REQUEST_TIMEOUT`]; a timeout means
+    /// the outcome is unknown (it may still apply), as etcd's "request timed out" does.
     pub async fn propose(&self, op: Op) -> Result<WriteResponse, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Propose { op, reply }).await.map_err(|_| RequestError::Stopped)?;
-        rx.await.map_err(|_| RequestError::Stopped)?
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(r) => r.map_err(|_| RequestError::Stopped)?,
+            Err(_) => Err(RequestError::Timeout),
+        }
     }
 
     /// A linearizable read (through ReadIndex), or a serializable one if the request says so.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Range { req, reply }).await.map_err(|_| RequestError::Stopped)?;
-        rx.await.map_err(|_| RequestError::Stopped)?
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(r) => r.map_err(|_| RequestError::Stopped)?,
+            Err(_) => Err(RequestError::Timeout),
+        }
     }
 
     /// Asks the leader to hand leadership to `target` (the caller watches for it to happen).
@@ -300,6 +313,8 @@ pub fn spawn<B: Backend + 'static>(
                 _ = ticker.tick() => {
                     d.node.tick();
                     d.drive_leases();
+                    // Clients that gave up (timed out, disconnected) free their slots.
+                    d.writes.retain(|_, reply| !reply.is_closed());
                     d.publish_attributes();
                     d.ticks += 1;
                     if d.ticks % d.ticks_per_second == 0 {
@@ -569,7 +584,10 @@ impl<B: Backend> Driver<B> {
                 }
             }
             for rs in outcome.read_states {
-                let ctx = u64::from_be_bytes(rs.request_ctx[..].try_into().expect("8-byte read ctx"));
+                // Contexts are ours (8 bytes); anything else came from a confused peer: ignore it.
+                let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]).map(u64::from_be_bytes) else {
+                    continue;
+                };
                 if let Some(batch) = self.reads_by_ctx.remove(&ctx) {
                     self.reads_by_index.entry(rs.index).or_default().extend(batch);
                 }
@@ -577,7 +595,7 @@ impl<B: Backend> Driver<B> {
             if let Some(ss) = outcome.soft_state {
                 tracing::info!(term = self.node.term(), leader = ss.lead, role = ?ss.role, "raft state changed");
                 if ss.role != StateRole::Leader {
-                    self.fail_pending(RequestError::NoLeader);
+                    self.fail_pending_reads(RequestError::NoLeader);
                 }
             }
             self.serve_ready_reads();
@@ -598,10 +616,10 @@ impl<B: Backend> Driver<B> {
         }
     }
 
-    fn fail_pending(&mut self, err: RequestError) {
-        for (_, reply) in self.writes.drain() {
-            let _ = reply.send(Err(err.clone()));
-        }
+    /// Fails the reads waiting for a read point that may now never come (leadership moved).
+    /// Writes keep waiting: their entries may still commit, so failing them would report an
+    /// unknown outcome as a failure; their clients time out instead ([`REQUEST_TIMEOUT`]).
+    fn fail_pending_reads(&mut self, err: RequestError) {
         let batches = self
             .reads_by_ctx
             .drain()

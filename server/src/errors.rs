@@ -38,9 +38,10 @@ pub fn lease_status(e: &LeaseError) -> Status {
 
 pub fn request_status(e: RequestError) -> Status {
     match &e {
-        RequestError::NoLeader | RequestError::LeaderChanged | RequestError::Stopped => {
-            Status::new(Code::Unavailable, e.to_string())
-        }
+        RequestError::NoLeader
+        | RequestError::LeaderChanged
+        | RequestError::Stopped
+        | RequestError::Timeout => Status::new(Code::Unavailable, e.to_string()),
         RequestError::TooManyRequests => Status::new(Code::ResourceExhausted, e.to_string()),
         RequestError::Mvcc(m) | RequestError::Apply(ApplyError::Mvcc(m)) => mvcc_status(m),
         RequestError::Apply(ApplyError::Unsupported(_)) => Status::new(Code::Unimplemented, e.to_string()),
