@@ -245,6 +245,8 @@ pub struct DriverConfig {
     /// Bounded queues to the peer transport, by member id. A full queue drops the message:
     /// Raft retransmits what matters.
     pub outbox: HashMap<u64, mpsc::Sender<Message>>,
+    /// Where this boot's request ids start: `(start time in ms, low 40 bits) << 8`.
+    pub id_base: u64,
     /// This member's name and client URLs, published through the log once a leader exists.
     pub name: String,
     pub client_urls: Vec<String>,
@@ -314,7 +316,7 @@ pub fn spawn<B: Backend + 'static>(
                     d.node.tick();
                     d.drive_leases();
                     // Clients that gave up (timed out, disconnected) free their slots.
-                    d.writes.retain(|_, reply| !reply.is_closed());
+                    d.purge_abandoned();
                     d.publish_attributes();
                     d.ticks += 1;
                     if d.ticks % d.ticks_per_second == 0 {
@@ -362,14 +364,15 @@ impl<B: Backend> Driver<B> {
         }
     }
 
-    /// A request id unique across members and restarts: the member id's low 16 bits, the term
-    /// (durable and growing across restarts) in the next 16, a counter in the low 32. Replies
-    /// are matched to waiters by it, and the state machine drops a duplicate of one it applied.
+    /// A request id unique across members and restarts, as etcd's id generator makes them: the
+    /// member id's low 16 bits, then a 48-bit counter that starts at this boot's start time in
+    /// milliseconds shifted left by 8 (so a restart starts above every id the last run used,
+    /// unless the clock went back or more than 256 ids per millisecond were used). Replies are
+    /// matched to waiters by it, and the state machine drops a duplicate of one it applied.
     fn next_id(&mut self) -> u64 {
         self.next_seq += 1;
-        ((self.cfg.member_id & 0xffff) << 48)
-            | ((self.node.term() & 0xffff) << 32)
-            | (self.next_seq & 0xffff_ffff)
+        let low = (self.cfg.id_base.wrapping_add(self.next_seq)) & ((1 << 48) - 1);
+        ((self.cfg.member_id & 0xffff) << 48) | low
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -614,6 +617,22 @@ impl<B: Backend> Driver<B> {
                 let _ = reply.send(self.serve_range(&req));
             }
         }
+    }
+
+    /// Drops waiters whose clients are gone (timed out or disconnected) and watch streams
+    /// nobody reads, so that lost proposals or read points cannot pile up to the bounds.
+    fn purge_abandoned(&mut self) {
+        self.writes.retain(|_, reply| !reply.is_closed());
+        for batch in self.reads_by_ctx.values_mut().chain(self.reads_by_index.values_mut()) {
+            batch.retain(|(_, reply)| !reply.is_closed());
+        }
+        self.reads_by_ctx.retain(|_, b| !b.is_empty());
+        self.reads_by_index.retain(|_, b| !b.is_empty());
+        self.new_reads.retain(|(_, reply)| !reply.is_closed());
+        self.pending_reads = self.new_reads.len()
+            + self.reads_by_ctx.values().map(Vec::len).sum::<usize>()
+            + self.reads_by_index.values().map(Vec::len).sum::<usize>();
+        self.hub.purge_closed();
     }
 
     /// Fails the reads waiting for a read point that may now never come (leadership moved).

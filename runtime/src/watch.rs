@@ -113,6 +113,15 @@ impl WatchHub {
         self.watchers.retain(|(s, _), _| *s != stream);
     }
 
+    /// Forgets streams whose client stopped reading (the receiving end is gone).
+    pub fn purge_closed(&mut self) {
+        let closed: Vec<u64> =
+            self.streams.iter().filter(|(_, tx)| tx.is_closed()).map(|(id, _)| *id).collect();
+        for s in closed {
+            self.close_stream(s);
+        }
+    }
+
     pub fn watcher_count(&self) -> usize {
         self.watchers.len()
     }

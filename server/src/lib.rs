@@ -79,8 +79,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         .map(|m| (m.id, m.peer_ur_ls[0].clone()))
         .collect();
     let outbox = peer::start_senders(&peers);
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let driver = DriverConfig {
         outbox,
+        id_base: (start_ms & ((1 << 40) - 1)) << 8,
         name: config.name.clone(),
         client_urls: resolved.advertise_client_urls.clone(),
         tick: Duration::from_millis(heartbeat_ms),
@@ -97,6 +102,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         client_ur_ls: resolved.advertise_client_urls.clone(),
         is_learner: false,
     };
+    // One lease id generator for every client listener, so their ids never collide.
+    let lease_ids = std::sync::Arc::new(std::sync::Mutex::new(keel_core::lease::LeaseIdGen::new(
+        resolved.member_id,
+        start_ms,
+    )));
     let mut servers = Vec::new();
     if !peers.is_empty() {
         for addr in resolved.peer_addrs.clone() {
@@ -125,6 +135,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             self_member.clone(),
             config.max_request_bytes,
             config.max_txn_ops,
+            lease_ids.clone(),
         );
         let mut stop = shutdown.clone();
         servers.push(tokio::spawn(async move {

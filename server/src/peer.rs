@@ -6,7 +6,7 @@
 use crate::pb::keelpb::raft_client::RaftClient;
 use crate::pb::keelpb::raft_server::Raft;
 use crate::pb::keelpb::{MessageBatch, SendResponse};
-use keel_core::raft::Message;
+use keel_core::raft::{Message, MessageType};
 use runtime::node::NodeHandle;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,10 +30,23 @@ pub(crate) struct PeerService {
 impl Raft for PeerService {
     async fn send(&self, request: Request<MessageBatch>) -> Result<Response<SendResponse>, Status> {
         let batch = request.into_inner();
-        self.node
-            .step(batch.messages)
-            .await
-            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        // Peers are not authenticated yet: drop what this runtime cannot take rather than let a
+        // malformed message reach the node (a proposal without entries; a snapshot, which this
+        // runtime cannot install until log compaction exists).
+        let messages: Vec<Message> = batch
+            .messages
+            .into_iter()
+            .filter(|m| match MessageType::try_from(m.msg_type) {
+                Ok(MessageType::MsgProp) => !m.entries.is_empty(),
+                Ok(MessageType::MsgSnap) => {
+                    tracing::warn!(from = %format!("{:x}", m.from), "dropping a snapshot: not supported yet");
+                    false
+                }
+                Ok(_) => true,
+                Err(_) => false,
+            })
+            .collect();
+        self.node.step(messages).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         Ok(Response::new(SendResponse {}))
     }
 }

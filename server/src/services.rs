@@ -45,12 +45,8 @@ impl Services {
         self_member: Member,
         max_request_bytes: usize,
         max_txn_ops: usize,
+        lease_ids: std::sync::Arc<std::sync::Mutex<LeaseIdGen>>,
     ) -> Self {
-        let start_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let lease_ids = std::sync::Arc::new(std::sync::Mutex::new(LeaseIdGen::new(self_member.id, start_ms)));
         Services { node, self_member, max_request_bytes, max_txn_ops, lease_ids }
     }
 
@@ -456,7 +452,8 @@ impl Watch for Services {
                     break;
                 }
             }
-            node.watch_close(stream).await;
+            // The client may only have closed its sending side: its watchers stay until it
+            // stops reading (the node forgets streams nobody reads).
         });
         let out =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|update| (update, rx)) })

@@ -83,6 +83,15 @@ impl KeyHistory {
         out
     }
 
+    /// Removes the changes recorded at revision `main` (an undone write; they are the newest).
+    /// Returns whether the key has no history left.
+    pub(crate) fn pop_at(&mut self, main: i64) -> bool {
+        while self.changes.last().is_some_and(|(r, _)| r.main == main) {
+            self.changes.pop();
+        }
+        self.changes.is_empty()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.changes.len()
     }

@@ -140,8 +140,14 @@ impl Writer<'_> {
         }
     }
 
-    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        let succeeded = req.compare.iter().all(|c| self.compare(c));
+    /// Applies `req` along `path`: the branch every txn (nested ones included, in execution
+    /// order) takes, decided beforehand against the state before the txn, as etcd does.
+    fn txn(
+        &mut self,
+        req: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+    ) -> Result<TxnResponse, MvccError> {
+        let succeeded = *path.next().expect("the path covers every txn");
         let ops = if succeeded { &req.success } else { &req.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
@@ -149,12 +155,43 @@ impl Writer<'_> {
                 Some(Op::RequestRange(r)) => OpResponse::ResponseRange(self.range(r)?),
                 Some(Op::RequestPut(p)) => OpResponse::ResponsePut(self.put(p)?),
                 Some(Op::RequestDeleteRange(d)) => OpResponse::ResponseDeleteRange(self.delete_range(d)),
-                Some(Op::RequestTxn(t)) => OpResponse::ResponseTxn(self.txn(t)?),
+                Some(Op::RequestTxn(t)) => OpResponse::ResponseTxn(self.txn(t, path)?),
                 None => continue,
             };
             responses.push(ResponseOp { response: Some(response) });
         }
         Ok(TxnResponse { header: header(self.read_rev()), succeeded, responses })
+    }
+
+    /// The branch each txn takes, in execution order, from the compares against the current
+    /// state (before any op of this txn): etcd's compare path.
+    fn plan(&self, req: &TxnRequest, path: &mut Vec<bool>) {
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        path.push(succeeded);
+        for op in if succeeded { &req.success } else { &req.failure } {
+            if let Some(Op::RequestTxn(t)) = &op.request {
+                self.plan(t, path);
+            }
+        }
+    }
+
+    /// Undoes everything this write recorded (all of it is at revision `main`, the newest
+    /// change of each key it touched), so a txn that fails half-way leaves no trace.
+    fn rollback(&mut self) {
+        let main = self.main;
+        let touched: Vec<Bytes> =
+            self.store.events.iter().filter_map(|e| e.kv.as_ref().map(|kv| kv.key.clone())).collect();
+        for k in touched {
+            let empty = match self.store.keys.get_mut(&k) {
+                Some(h) => h.pop_at(main),
+                None => false,
+            };
+            if empty {
+                self.store.keys.remove(&k);
+            }
+        }
+        self.store.events.clear();
+        self.sub = 0;
     }
 
     /// etcd's compare: every key in the range must satisfy it; an empty range compares a
@@ -172,8 +209,8 @@ impl Writer<'_> {
 
     /// The errors a txn's chosen branch would hit, found before anything is written so that a
     /// txn either applies whole or not at all (as etcd checks requests before applying).
-    fn check(&self, req: &TxnRequest) -> Result<(), MvccError> {
-        let succeeded = req.compare.iter().all(|c| self.compare(c));
+    fn check(&self, req: &TxnRequest, path: &mut std::slice::Iter<'_, bool>) -> Result<(), MvccError> {
+        let succeeded = *path.next().expect("the path covers every txn");
         for op in if succeeded { &req.success } else { &req.failure } {
             match &op.request {
                 Some(Op::RequestRange(r)) => {
@@ -193,7 +230,7 @@ impl Writer<'_> {
                         return Err(MvccError::LeaseNotFound);
                     }
                 }
-                Some(Op::RequestTxn(t)) => self.check(t)?,
+                Some(Op::RequestTxn(t)) => self.check(t, path)?,
                 Some(Op::RequestDeleteRange(_)) | None => {}
             }
         }
@@ -374,11 +411,21 @@ impl Store {
     /// of the chosen branch would fail.
     pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         let mut w = self.writer();
-        w.check(req)?;
-        let resp = w.txn(req);
-        let resp = resp.expect("a checked txn applies");
-        w.finish();
-        Ok(resp)
+        let mut path = Vec::new();
+        w.plan(req, &mut path);
+        w.check(req, &mut path.iter())?;
+        match w.txn(req, &mut path.iter()) {
+            Ok(resp) => {
+                w.finish();
+                Ok(resp)
+            }
+            // The pre-check uses the state before the txn, as etcd's does; an op that still
+            // fails (its key deleted earlier in the same txn) undoes the whole txn.
+            Err(e) => {
+                w.rollback();
+                Err(e)
+            }
+        }
     }
 
     /// Compacts at `req.revision`: reads below it fail from now on; the history they would need
@@ -650,6 +697,60 @@ mod tests {
         assert!(
             s.range(&RangeRequest { key: "b".into(), ..Default::default() }).unwrap().kvs.is_empty(),
             "nothing applied"
+        );
+    }
+
+    #[test]
+    fn nested_compares_use_the_state_before_the_txn() {
+        // The outer put makes `a` = 1; the nested compare still sees `a` absent (etcd's compare
+        // path is fixed before any op runs), so the nested failure branch runs.
+        let mut s = Store::new();
+        let nested = RequestOp {
+            request: Some(Op::RequestTxn(TxnRequest {
+                compare: vec![cmp_value("a", "1")],
+                success: vec![RequestOp {
+                    request: Some(Op::RequestPut(PutRequest {
+                        key: "b".into(),
+                        ignore_value: true,
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![put("c", "3")],
+            })),
+        };
+        let r = s
+            .txn(&TxnRequest { compare: vec![], success: vec![put("a", "1"), nested], failure: vec![] })
+            .unwrap();
+        let Some(OpResponse::ResponseTxn(inner)) = &r.responses[1].response else { panic!() };
+        assert!(!inner.succeeded);
+        assert_eq!(s.range(&RangeRequest { key: "c".into(), ..Default::default() }).unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_txn_failing_half_way_leaves_no_trace() {
+        // Put `k` exists; the txn deletes it, then puts it with ignore_value (checked against the
+        // state before the txn, so the check passes, but the op fails when applied).
+        let mut s = Store::new();
+        s.put(&PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).unwrap();
+        let before = (s.revision(), s.history_len());
+        let ignore = RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: "k".into(),
+                ignore_value: true,
+                ..Default::default()
+            })),
+        };
+        let err = s.txn(&TxnRequest {
+            compare: vec![],
+            success: vec![put("x", "1"), del("k", ""), ignore],
+            failure: vec![],
+        });
+        assert_eq!(err.unwrap_err(), MvccError::KeyNotFound);
+        assert_eq!((s.revision(), s.history_len()), before, "nothing of the txn remains");
+        assert!(s.take_events().is_empty());
+        assert_eq!(
+            s.range(&RangeRequest { key: "k".into(), ..Default::default() }).unwrap().kvs[0].value,
+            "v"
         );
     }
 
