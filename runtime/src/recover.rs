@@ -79,12 +79,16 @@ pub fn recover<B: Backend>(
     };
     let mut store = MemStorage::new();
     store.append(&entries);
-    // The configuration the log establishes; applying the committed conf entries re-derives it.
+    // The configuration as of the known commit index: conf changes after it may still be
+    // replaced by a new leader, so they count only once committed (and applied) again.
     let mut voters: Vec<u64> = Vec::new();
-    for e in entries.iter().filter(|e| e.entry_type == EntryType::EntryConfChange as i32) {
+    let committed = hard_state.commit;
+    for e in
+        entries.iter().filter(|e| e.entry_type == EntryType::EntryConfChange as i32 && e.index <= committed)
+    {
         let cc = ConfChange::decode(e.data.clone()).expect("a conf change entry in the WAL decodes");
         match ConfChangeType::try_from(cc.change_type) {
-            Ok(ConfChangeType::AddNode) => voters.push(cc.node_id),
+            Ok(ConfChangeType::AddNode) if !voters.contains(&cc.node_id) => voters.push(cc.node_id),
             Ok(ConfChangeType::RemoveNode) => voters.retain(|v| *v != cc.node_id),
             _ => {}
         }

@@ -146,6 +146,16 @@ impl WatchHub {
             });
             return;
         }
+        if self.watchers.contains_key(&(stream, watch_id)) {
+            // A client-chosen id already in use: refuse it, keep the existing watcher.
+            let _ = tx.try_send(WatchUpdate::Canceled {
+                watch_id,
+                header,
+                compact_revision: 0,
+                reason: "mvcc: duplicate watch ID provided on the WatchStream".to_string(),
+            });
+            return;
+        }
         if tx.try_send(WatchUpdate::Created { watch_id, header }).is_err() {
             // The client is not reading; its stream will be closed.
             return;

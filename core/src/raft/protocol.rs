@@ -943,7 +943,8 @@ impl<S: Storage> Raft<S> {
                 m.to = self.lead;
                 self.send(m);
             }
-            MessageType::MsgReadIndexResp => {
+            // Only the leader's answer is a read point.
+            MessageType::MsgReadIndexResp if m.from == self.lead => {
                 self.read_states.push(ReadState { index: m.index, request_ctx: read_ctx(&m) });
             }
             _ => {}
