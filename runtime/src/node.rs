@@ -31,6 +31,8 @@ pub const BATCH_COMMANDS_MAX: usize = 1024;
 pub const PENDING_WRITES_MAX: usize = 16 * 1024;
 /// Bound on reads waiting for their read point.
 pub const PENDING_READS_MAX: usize = 16 * 1024;
+/// Ticks after which an unanswered ReadIndex is asked again (5 heartbeats, 500 ms by default).
+pub const READ_RETRY_TICKS: u64 = 5;
 /// How long a client waits for its write to apply or its read to be served (etcd: 5 s plus
 /// two election timeouts with defaults).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -267,6 +269,8 @@ struct Driver<B: Backend> {
     new_reads: Vec<RangeReply>,
     /// Read batches by ReadIndex context, waiting for their read state.
     reads_by_ctx: HashMap<u64, Vec<RangeReply>>,
+    /// When each ReadIndex request went out (in ticks), to ask again if its answer is lost.
+    read_issued: HashMap<u64, u64>,
     /// Read batches whose read point is known, waiting for the applied index to reach it.
     reads_by_index: BTreeMap<u64, Vec<RangeReply>>,
     pending_reads: usize,
@@ -298,6 +302,7 @@ pub fn spawn<B: Backend + 'static>(
         writes: HashMap::new(),
         new_reads: Vec::new(),
         reads_by_ctx: HashMap::new(),
+        read_issued: HashMap::new(),
         reads_by_index: BTreeMap::new(),
         pending_reads: 0,
         next_seq: 0,
@@ -317,6 +322,7 @@ pub fn spawn<B: Backend + 'static>(
                     d.drive_leases();
                     // Clients that gave up (timed out, disconnected) free their slots.
                     d.purge_abandoned();
+                    d.retry_reads();
                     d.publish_attributes();
                     d.ticks += 1;
                     if d.ticks % d.ticks_per_second == 0 {
@@ -544,6 +550,7 @@ impl<B: Backend> Driver<B> {
         match self.node.read_index(ctx.to_be_bytes().to_vec().into()) {
             Ok(()) => {
                 self.reads_by_ctx.insert(ctx, batch);
+                self.read_issued.insert(ctx, self.ticks);
             }
             Err(_) => {
                 self.pending_reads -= batch.len();
@@ -591,6 +598,7 @@ impl<B: Backend> Driver<B> {
                 let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]).map(u64::from_be_bytes) else {
                     continue;
                 };
+                self.read_issued.remove(&ctx);
                 if let Some(batch) = self.reads_by_ctx.remove(&ctx) {
                     self.reads_by_index.entry(rs.index).or_default().extend(batch);
                 }
@@ -619,6 +627,25 @@ impl<B: Backend> Driver<B> {
         }
     }
 
+    /// Asks again for read points whose answer has not come within [`READ_RETRY_TICKS`] (the
+    /// request or its answer may have been lost between members), as etcd retries ReadIndex.
+    fn retry_reads(&mut self) {
+        let now = self.ticks;
+        let stale: Vec<u64> = self
+            .read_issued
+            .iter()
+            .filter(|(_, &at)| now >= at + READ_RETRY_TICKS)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            self.read_issued.remove(&ctx);
+            if let Some(batch) = self.reads_by_ctx.remove(&ctx) {
+                // Back in the queue: the main loop issues them under a fresh context.
+                self.new_reads.extend(batch);
+            }
+        }
+    }
+
     /// Drops waiters whose clients are gone (timed out or disconnected) and watch streams
     /// nobody reads, so that lost proposals or read points cannot pile up to the bounds.
     fn purge_abandoned(&mut self) {
@@ -627,6 +654,8 @@ impl<B: Backend> Driver<B> {
             batch.retain(|(_, reply)| !reply.is_closed());
         }
         self.reads_by_ctx.retain(|_, b| !b.is_empty());
+        let live = &self.reads_by_ctx;
+        self.read_issued.retain(|ctx, _| live.contains_key(ctx));
         self.reads_by_index.retain(|_, b| !b.is_empty());
         self.new_reads.retain(|(_, reply)| !reply.is_closed());
         self.pending_reads = self.new_reads.len()

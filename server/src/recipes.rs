@@ -175,6 +175,30 @@ impl Recipes {
     }
 }
 
+/// Deletes an owner key unless disarmed: a Lock or Campaign whose caller gives up while waiting
+/// must not leave its key queued ahead of later callers (etcd's Mutex does the same).
+struct OwnerGuard {
+    node: Option<NodeHandle>,
+    key: Bytes,
+}
+
+impl OwnerGuard {
+    fn disarm(mut self) {
+        self.node = None;
+    }
+}
+
+impl Drop for OwnerGuard {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            let key = self.key.clone();
+            tokio::spawn(async move {
+                let _ = node.propose(Op::DeleteRange(DeleteRangeRequest { key, ..Default::default() })).await;
+            });
+        }
+    }
+}
+
 fn prefix_key(name: &[u8]) -> Bytes {
     let mut p = name.to_vec();
     p.push(b'/');
@@ -187,7 +211,9 @@ impl Lock for Recipes {
         let req = request.into_inner();
         let key = owner_key(&req.name, req.lease);
         let (rev, _, _) = self.create_owner_key(&key, Bytes::new(), req.lease).await?;
+        let guard = OwnerGuard { node: Some(self.node.clone()), key: key.clone() };
         let header = self.wait_predecessors(&prefix_key(&req.name), rev).await?;
+        guard.disarm();
         Ok(Response::new(LockResponse { header: Some(header), key }))
     }
 
@@ -223,7 +249,9 @@ impl Election for Recipes {
             // Campaigning again with the same lease: take the new value, as etcd does.
             self.proclaim_at(&key, rev, req.lease, req.value.clone()).await?;
         }
+        let guard = OwnerGuard { node: Some(self.node.clone()), key: key.clone() };
         let header = self.wait_predecessors(&prefix_key(&req.name), rev).await?;
+        guard.disarm();
         let leader = LeaderKey { name: req.name, key, rev, lease: req.lease };
         Ok(Response::new(CampaignResponse { header: Some(header), leader: Some(leader) }))
     }
