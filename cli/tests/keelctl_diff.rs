@@ -2,7 +2,7 @@
 //! and stdout, error lines and exit codes must be equal (member and cluster ids, which differ
 //! between the two servers, are normalised).
 
-use jepsen::{etcdctl, free_port, provision, CmdOutput, MemberSpec, Server};
+use jepsen::{etcdctl, free_port, provision, user_stderr, CmdOutput, MemberSpec, Server};
 use std::process::Command;
 
 fn keelctl(endpoint: &str, args: &[&str]) -> CmdOutput {
@@ -34,10 +34,6 @@ fn json_number(s: &str, field: &str) -> String {
     let pat = format!("\"{field}\":");
     let start = s.find(&pat).unwrap_or_else(|| panic!("{field} in {s}")) + pat.len();
     s[start..].chars().take_while(|c| c.is_ascii_digit()).collect()
-}
-
-fn user_stderr(s: &str) -> String {
-    s.lines().filter(|l| !l.starts_with("{\"level\"")).collect::<Vec<_>>().join("\n")
 }
 
 #[test]

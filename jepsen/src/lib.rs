@@ -17,5 +17,5 @@ pub mod process;
 pub mod servers;
 
 pub use etcd_dist::{provision, EtcdBins};
-pub use process::{etcdctl, etcdctl_input, free_port, CmdOutput, Proc};
+pub use process::{etcdctl, etcdctl_input, free_port, user_stderr, CmdOutput, Proc};
 pub use servers::{MemberSpec, Server};

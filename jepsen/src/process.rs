@@ -141,3 +141,9 @@ pub fn etcdctl_input(bin: &Path, endpoint: &str, args: &[&str], input: &str) -> 
         code: out.status.code().unwrap_or(-1),
     }
 }
+
+/// What etcdctl said to its user on stderr: its client library also logs retries there as JSON
+/// lines with timestamps, which differ from run to run and are dropped.
+pub fn user_stderr(s: &str) -> String {
+    s.lines().filter(|l| !l.starts_with("{\"level\"")).collect::<Vec<_>>().join("\n")
+}

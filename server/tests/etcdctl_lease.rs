@@ -5,12 +5,8 @@
 
 mod common;
 
-use jepsen::etcdctl;
+use jepsen::{etcdctl, user_stderr};
 use std::time::{Duration, Instant};
-
-fn user_stderr(s: &str) -> String {
-    s.lines().filter(|l| !l.starts_with("{\"level\"")).collect::<Vec<_>>().join("\n")
-}
 
 /// Runs `script` (where `{a}`/`{b}` stand for the ids of the first and second lease granted)
 /// against one server; returns normalised (stdout, stderr, code) per command.
