@@ -8,6 +8,16 @@ mod common;
 use jepsen::{etcdctl, user_stderr};
 use std::time::{Duration, Instant};
 
+/// etcd lists a lease's keys in Go map order (it varies from run to run); compare them sorted.
+fn sort_attached_keys(s: &str) -> String {
+    let Some(start) = s.find("attached keys([") else { return s.to_string() };
+    let from = start + "attached keys([".len();
+    let Some(len) = s[from..].find("])") else { return s.to_string() };
+    let mut keys: Vec<&str> = s[from..from + len].split(' ').collect();
+    keys.sort_unstable();
+    format!("{}{}{}", &s[..from], keys.join(" "), &s[from + len..])
+}
+
 /// Runs `script` (where `{a}`/`{b}` stand for the ids of the first and second lease granted)
 /// against one server; returns normalised (stdout, stderr, code) per command.
 fn session(bins: &jepsen::EtcdBins, endpoint: &str) -> Vec<(String, String, i32)> {
@@ -49,7 +59,7 @@ fn session(bins: &jepsen::EtcdBins, endpoint: &str) -> Vec<(String, String, i32)
         if argv[..2] == ["lease", "grant"] && r.code == 0 {
             ids.push(r.stdout.split_whitespace().nth(1).expect("lease id").to_string());
         }
-        let mut norm = (format!("{args:?}\n{}", r.stdout), user_stderr(&r.stderr));
+        let mut norm = (format!("{args:?}\n{}", sort_attached_keys(&r.stdout)), user_stderr(&r.stderr));
         for (i, id) in ids.iter().enumerate() {
             let dec = i64::from_str_radix(id, 16).unwrap().to_string();
             let name = format!("<lease{i}>");
