@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use cli::output;
+use keel_core::mvcc::range::prefix_end;
 use server::pb::etcdserverpb::kv_client::KvClient;
 use server::pb::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
@@ -124,18 +125,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// The end of the range of keys starting with `key`: etcd's prefix rule.
-fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// Key and range end as etcd's client computes them for --prefix and --from-key.
 fn key_range(key: &str, range_end: Option<&str>, prefix: bool, from_key: bool) -> (Bytes, Bytes) {
     let key = key.as_bytes().to_vec();
@@ -144,7 +133,7 @@ fn key_range(key: &str, range_end: Option<&str>, prefix: bool, from_key: bool) -
             return (Bytes::from_static(&[0]), Bytes::from_static(&[0]));
         }
         let end = prefix_end(&key);
-        return (key.into(), end.into());
+        return (key.into(), end);
     }
     if from_key {
         let key = if key.is_empty() { vec![0] } else { key };

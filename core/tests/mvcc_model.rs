@@ -56,23 +56,9 @@ impl Model {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> i64 {
-        let rev = self.rev() + 1;
-        let mut next = self.history.last().unwrap().clone();
-        let prev = next.get(key).cloned();
-        next.insert(
-            key.to_vec(),
-            KeyValue {
-                key: Bytes::copy_from_slice(key),
-                create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
-                mod_revision: rev,
-                version: prev.as_ref().map_or(1, |p| p.version + 1),
-                value: Bytes::copy_from_slice(value),
-                lease: 0,
-            },
-        );
-        self.history.push(next);
-        rev
+        self.put_all(&[(key.to_vec(), value.to_vec())])
     }
+
     fn delete(&mut self, key: &[u8], end: &[u8]) -> (i64, Vec<KeyValue>) {
         let cur = self.history.last().unwrap().clone();
         let doomed: Vec<KeyValue> = cur.values().filter(|kv| in_range(&kv.key, key, end)).cloned().collect();

@@ -8,6 +8,7 @@
 //! channel has room — so a slow consumer costs bounded memory, never an unbounded queue. A
 //! watcher whose next revision has been compacted away is canceled with `compact_revision`.
 
+use keel_core::mvcc::range::in_range;
 use keel_core::mvcc::{MvccError, Store};
 use keel_core::pb::etcdserverpb::ResponseHeader;
 use keel_core::pb::mvccpb::{event::EventType, Event};
@@ -65,14 +66,14 @@ pub struct WatchHub {
     next_stream: u64,
 }
 
-fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
-    if end.is_empty() {
-        key == start
-    } else if end == [0] {
-        key >= start
-    } else {
-        key >= start && key < end
-    }
+/// Tells a client its watch was not created (or is canceled), and why.
+fn refuse(tx: &mpsc::Sender<WatchUpdate>, watch_id: i64, header: ResponseHeader, reason: &str) {
+    let _ = tx.try_send(WatchUpdate::Canceled {
+        watch_id,
+        header,
+        compact_revision: 0,
+        reason: reason.to_string(),
+    });
 }
 
 impl WatchSpec {
@@ -138,22 +139,12 @@ impl WatchHub {
         let Some(tx) = self.streams.get(&stream) else { return };
         let on_stream = self.watchers.range((stream, i64::MIN)..=(stream, i64::MAX)).count();
         if on_stream >= WATCHERS_PER_STREAM_MAX || self.watchers.len() >= WATCHERS_MAX {
-            let _ = tx.try_send(WatchUpdate::Canceled {
-                watch_id,
-                header,
-                compact_revision: 0,
-                reason: "etcdserver: too many watchers".to_string(),
-            });
+            refuse(tx, watch_id, header, "etcdserver: too many watchers");
             return;
         }
         if self.watchers.contains_key(&(stream, watch_id)) {
             // A client-chosen id already in use: refuse it, keep the existing watcher.
-            let _ = tx.try_send(WatchUpdate::Canceled {
-                watch_id,
-                header,
-                compact_revision: 0,
-                reason: "mvcc: duplicate watch ID provided on the WatchStream".to_string(),
-            });
+            refuse(tx, watch_id, header, "mvcc: duplicate watch ID provided on the WatchStream");
             return;
         }
         if tx.try_send(WatchUpdate::Created { watch_id, header }).is_err() {

@@ -111,15 +111,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     if !peers.is_empty() {
         for addr in resolved.peer_addrs.clone() {
             let svc = peer::peer_server!(handle.clone());
-            let mut stop = shutdown.clone();
+            let signal = stopped(shutdown.clone());
             servers.push(tokio::spawn(async move {
-                let signal = async move {
-                    while !*stop.borrow() {
-                        if stop.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                };
                 tonic::transport::Server::builder()
                     .add_service(svc)
                     .serve_with_shutdown(addr, signal)
@@ -137,15 +130,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             config.max_txn_ops,
             lease_ids.clone(),
         );
-        let mut stop = shutdown.clone();
+        let signal = stopped(shutdown.clone());
         servers.push(tokio::spawn(async move {
-            let signal = async move {
-                while !*stop.borrow() {
-                    if stop.changed().await.is_err() {
-                        break;
-                    }
-                }
-            };
             svc.router()
                 .serve_with_shutdown(addr, signal)
                 .await
@@ -158,6 +144,15 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         s.abort();
     }
     node_result
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone): the servers' stop signal.
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
 }
 
 async fn wait_node(

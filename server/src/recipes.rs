@@ -16,6 +16,7 @@ use crate::pb::v3lockpb::lock_server::Lock;
 use crate::pb::v3lockpb::*;
 use bytes::Bytes;
 use futures::Stream;
+use keel_core::mvcc::range::prefix_end;
 use keel_core::pb::keelpb::request::Op;
 use keel_core::state_machine::WriteResponse;
 use runtime::node::NodeHandle;
@@ -25,17 +26,6 @@ use tonic::{Request, Response, Status};
 
 pub const ELECTION_NO_LEADER: &str = "election: no leader";
 pub const ELECTION_NOT_LEADER: &str = "election: not leader";
-
-fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end.into();
-        }
-    }
-    Bytes::from_static(&[0])
-}
 
 fn owner_key(name: &[u8], lease: i64) -> Bytes {
     let mut k = name.to_vec();
@@ -51,6 +41,11 @@ fn create_rev_is(key: &Bytes, rev: i64) -> Compare {
         target_union: Some(TargetUnion::CreateRevision(rev)),
         range_end: Bytes::new(),
     }
+}
+
+/// A put of an owner key with its lease.
+fn put_op(key: &Bytes, value: Bytes, lease: i64) -> RequestOp {
+    op(request_op::Request::RequestPut(PutRequest { key: key.clone(), value, lease, ..Default::default() }))
 }
 
 fn op(r: request_op::Request) -> RequestOp {
@@ -81,12 +76,7 @@ impl Recipes {
     ) -> Result<(i64, KeyValue, ResponseHeader), Status> {
         let get =
             op(request_op::Request::RequestRange(RangeRequest { key: key.clone(), ..Default::default() }));
-        let put = op(request_op::Request::RequestPut(PutRequest {
-            key: key.clone(),
-            value,
-            lease,
-            ..Default::default()
-        }));
+        let put = put_op(key, value, lease);
         let resp = self
             .txn(TxnRequest {
                 compare: vec![create_rev_is(key, 0)],
@@ -330,12 +320,7 @@ impl Recipes {
         lease: i64,
         value: Bytes,
     ) -> Result<ResponseHeader, Status> {
-        let put = op(request_op::Request::RequestPut(PutRequest {
-            key: key.clone(),
-            value,
-            lease,
-            ..Default::default()
-        }));
+        let put = put_op(key, value, lease);
         let resp = self
             .txn(TxnRequest { compare: vec![create_rev_is(key, rev)], success: vec![put], failure: vec![] })
             .await?;

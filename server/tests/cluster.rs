@@ -83,11 +83,9 @@ fn leader(bins: &jepsen::EtcdBins, members: &[Member]) -> usize {
     }
 }
 
-#[test]
-fn three_members_survive_the_loss_of_the_leader() {
-    let bins = provision();
-    let dir = tempfile::tempdir().unwrap();
-    let mut members: Vec<Member> = (1..=3)
+/// Three members on free ports, and their `--initial-cluster`.
+fn three_members() -> (Vec<Member>, String) {
+    let members: Vec<Member> = (1..=3)
         .map(|i| Member { name: format!("infra{i}"), client: free_port(), peer: free_port(), proc: None })
         .collect();
     let cluster = members
@@ -95,6 +93,14 @@ fn three_members_survive_the_loss_of_the_leader() {
         .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
         .collect::<Vec<_>>()
         .join(",");
+    (members, cluster)
+}
+
+#[test]
+fn three_members_survive_the_loss_of_the_leader() {
+    let bins = provision();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut members, cluster) = three_members();
     for m in members.iter_mut() {
         start(m, &cluster, dir.path());
     }
@@ -165,14 +171,7 @@ fn three_members_survive_the_loss_of_the_leader() {
 fn member_list_of_a_three_member_cluster_matches_etcd() {
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
-    let mut members: Vec<Member> = (1..=3)
-        .map(|i| Member { name: format!("infra{i}"), client: free_port(), peer: free_port(), proc: None })
-        .collect();
-    let cluster = members
-        .iter()
-        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (mut members, cluster) = three_members();
     let mut outputs = Vec::new();
     for (kind, program) in [("etcd", bins.etcd.clone()), ("keel", common::keel_bin())] {
         let data = dir.path().join(kind);

@@ -1,6 +1,7 @@
 //! The MVCC key-value state machine with etcd 3.5's revision semantics.
 
 mod key_index;
+pub mod range;
 mod revision;
 mod store;
 
