@@ -7,6 +7,7 @@
 //! implementation and a simulated one that can lose or tear unsynced writes.
 
 pub mod backend;
+pub mod btree;
 pub mod node;
 pub mod ready;
 pub mod recover;

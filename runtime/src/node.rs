@@ -3,7 +3,7 @@
 //! many clients), handles each `Ready` with [`handle_ready`], and answers clients once their
 //! entry is applied (writes) or the applied index reaches their read point (reads).
 
-use crate::backend::Backend;
+use crate::backend::Dir;
 use crate::ready::handle_ready;
 use crate::recover::Recovered;
 use crate::watch::{WatchHub, WatchSpec, WatchUpdate};
@@ -258,10 +258,10 @@ pub struct DriverConfig {
 
 type RangeReply = (RangeRequest, oneshot::Sender<Result<RangeResponse, RequestError>>);
 
-struct Driver<B: Backend> {
+struct Driver<D: Dir> {
     cfg: DriverConfig,
     node: RawNode<MemStorage>,
-    wal: crate::wal::Wal<B>,
+    wal: crate::wal::Wal<D>,
     sm: StateMachine,
     /// Proposals by request id, waiting for their entry to apply.
     writes: HashMap<u64, oneshot::Sender<Result<WriteResponse, RequestError>>>,
@@ -286,8 +286,8 @@ struct Driver<B: Backend> {
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
 /// fails; the returned join handle yields the reason it stopped.
-pub fn spawn<B: Backend + 'static>(
-    recovered: Recovered<B>,
+pub fn spawn<D: Dir + 'static>(
+    recovered: Recovered<D>,
     cfg: DriverConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
@@ -360,7 +360,7 @@ pub fn spawn<B: Backend + 'static>(
     (handle, join)
 }
 
-impl<B: Backend> Driver<B> {
+impl<D: Dir> Driver<D> {
     fn header(&self) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cfg.cluster_id,

@@ -1,6 +1,6 @@
 //! The handling of one `Ready`, shared by the tokio driver and the simulator.
 
-use crate::backend::Backend;
+use crate::backend::Dir;
 use crate::wal::{Wal, WalError};
 use keel_core::raft::{MemStorage, Message, RawNode, ReadState, SoftState};
 use keel_core::state_machine::{Applied, StateMachine};
@@ -22,9 +22,9 @@ pub struct ReadyOutcome {
 ///
 /// A WAL error leaves the node un-advanced; the driver must stop, since memory and disk no
 /// longer agree.
-pub fn handle_ready<B: Backend>(
+pub fn handle_ready<D: Dir>(
     node: &mut RawNode<MemStorage>,
-    wal: &mut Wal<B>,
+    wal: &mut Wal<D>,
     sm: &mut StateMachine,
     now_ms: u64,
     send: &mut dyn FnMut(Message),

@@ -1,8 +1,8 @@
 //! Starting a node from its WAL: a fresh data directory is bootstrapped with the initial
 //! cluster, an existing one is replayed. Shared by the tokio driver and the simulator.
 
-use crate::backend::Backend;
-use crate::wal::{Wal, WalError};
+use crate::backend::Dir;
+use crate::wal::{Wal, WalError, WalOptions};
 use keel_core::pb::etcdserverpb::Member;
 use keel_core::pb::keelpb::{ConfChange, ConfChangeType, EntryType, WalMetadata};
 use keel_core::raft::{bootstrap, ConfState, Config, MemStorage, RawNode};
@@ -21,6 +21,8 @@ pub enum RecoverError {
     IdentityMismatch { found_member: u64, found_cluster: u64, want_member: u64, want_cluster: u64 },
     #[error("wal has log entries but no metadata record: not a Keel data directory")]
     NoMetadata,
+    #[error("wal starts after a snapshot at index {index}, but there is no state image to start from")]
+    SnapshotWithoutImage { index: u64 },
 }
 
 /// Who this node is and which cluster it starts (used only for a fresh data directory).
@@ -32,22 +34,27 @@ pub struct Identity {
     pub initial_members: Vec<Member>,
 }
 
-pub struct Recovered<B: Backend> {
+pub struct Recovered<D: Dir> {
     pub node: RawNode<MemStorage>,
-    pub wal: Wal<B>,
+    pub wal: Wal<D>,
     pub sm: StateMachine,
     /// Whether the data directory was new.
     pub fresh: bool,
 }
 
 /// Opens (or bootstraps) the node whose WAL lives on `backend`. `seed` feeds Raft's PRNG.
-pub fn recover<B: Backend>(
-    backend: B,
+pub fn recover<D: Dir>(
+    wal_dir: D,
+    wal_options: WalOptions,
     id: &Identity,
     raft: Config,
     lease_config: keel_core::lease::LessorConfig,
-) -> Result<Recovered<B>, RecoverError> {
-    let (mut wal, replayed) = Wal::open(backend)?;
+) -> Result<Recovered<D>, RecoverError> {
+    let (mut wal, replayed) = Wal::open(wal_dir, wal_options)?;
+    if let Some(snap) = &replayed.snapshot {
+        // Nothing writes snapshot points until the state machine has a durable image.
+        return Err(RecoverError::SnapshotWithoutImage { index: snap.index });
+    }
     let fresh = replayed.metadata.is_none();
     let (hard_state, entries) = match &replayed.metadata {
         None if !replayed.entries.is_empty() => return Err(RecoverError::NoMetadata),

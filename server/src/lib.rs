@@ -16,9 +16,10 @@ mod services;
 pub use config::{Config, ConfigError};
 
 use keel_core::pb::etcdserverpb::Member;
-use runtime::backend::FileBackend;
+use runtime::backend::FsDir;
 use runtime::node::{self, DriverConfig, NodeHandle};
 use runtime::recover::{recover, Identity};
+use runtime::wal::WalOptions;
 use std::net::SocketAddr;
 use std::time::Duration;
 use thiserror::Error;
@@ -35,6 +36,11 @@ pub enum RunError {
     DataDir { dir: String, source: std::io::Error },
     #[error(transparent)]
     Recover(#[from] runtime::recover::RecoverError),
+    #[error(
+        "data directory {dir} has format {found}; this keel reads format {}",
+        runtime::wal::FORMAT_VERSION
+    )]
+    Format { dir: String, found: String },
     #[error("client listener on {addr}: {source}")]
     Listen { addr: SocketAddr, source: tonic::transport::Error },
     #[error("node stopped: {0}")]
@@ -46,8 +52,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let resolved = config.resolve()?;
     let wal_dir = resolved.data_dir.join("member").join("wal");
     let data_err = |source| RunError::DataDir { dir: resolved.data_dir.display().to_string(), source };
-    std::fs::create_dir_all(&wal_dir).map_err(data_err)?;
-    let backend = FileBackend::open(&wal_dir.join("keel.wal")).map_err(data_err)?;
+    if wal_dir.join("keel.wal").exists() {
+        // The walking skeleton's single-file log (format 1): refuse rather than start empty.
+        return Err(RunError::Format {
+            dir: resolved.data_dir.display().to_string(),
+            found: "1 (member/wal/keel.wal)".to_string(),
+        });
+    }
+    let wal_fs = FsDir::open(&wal_dir).map_err(data_err)?;
     let identity = Identity {
         name: config.name.clone(),
         member_id: resolved.member_id,
@@ -62,7 +74,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         min_ttl_secs: keel_core::lease::min_ttl_secs(election_ticks, heartbeat_ms),
         ..Default::default()
     };
-    let recovered = recover(backend, &identity, raft, lease_config)?;
+    let recovered = recover(wal_fs, WalOptions::default(), &identity, raft, lease_config)?;
     tracing::info!(
         name = %config.name,
         member_id = %format!("{:x}", resolved.member_id),

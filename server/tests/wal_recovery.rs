@@ -6,11 +6,24 @@ mod common;
 
 use jepsen::{etcdctl, provision};
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::time::Duration;
 
+/// The one WAL segment of a small data directory.
 fn wal_path(server: &jepsen::Server) -> std::path::PathBuf {
-    server.spec.data_dir.join("member").join("wal").join("keel.wal")
+    let dir = server.spec.data_dir.join("member").join("wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments.pop().unwrap()
+}
+
+/// Where the records end: the segment is preallocated with zeros after them.
+fn records_end(bytes: &[u8]) -> usize {
+    (bytes.iter().rposition(|b| *b != 0).unwrap() + 1 + 7) & !7
 }
 
 #[test]
@@ -27,9 +40,11 @@ fn torn_tail_is_cut_and_middle_corruption_is_reported() {
     let spec = server.spec.clone();
     assert!(server.proc.signal_and_wait(libc::SIGTERM).success(), "graceful stop");
 
-    // A torn record at the tail: a header promising more bytes than follow.
-    let mut f = OpenOptions::new().append(true).open(&wal).unwrap();
-    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 3, 9, 9]).unwrap();
+    // A torn record at the tail: part of a header, promising more bytes than follow.
+    let end = records_end(&std::fs::read(&wal).unwrap());
+    let mut f = OpenOptions::new().write(true).open(&wal).unwrap();
+    f.seek(SeekFrom::Start(end as u64)).unwrap();
+    f.write_all(&[1, 2, 3, 4, 200, 0, 0, 0, 4, 0, 0]).unwrap();
     drop(f);
     let mut server = jepsen::Server::start("keel", &common::keel_bin(), spec.clone(), &bins.etcdctl);
     let out = etcdctl(&bins.etcdctl, &server.endpoint(), &["get", "key", "--prefix", "--keys-only"]);
@@ -40,7 +55,7 @@ fn torn_tail_is_cut_and_middle_corruption_is_reported() {
 
     // Damage a record in the middle.
     let mut bytes = std::fs::read(&wal).unwrap();
-    let mid = bytes.len() / 2;
+    let mid = records_end(&bytes) / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&wal, &bytes).unwrap();
     let log = spec.data_dir.with_extension("corrupt.log");

@@ -17,9 +17,10 @@ use keel_core::state_machine::{Applied, WriteResponse};
 use prost::Message as _;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use runtime::backend::{CrashFault, SimBackend};
+use runtime::backend::{CrashFault, SimDisk};
 use runtime::ready::handle_ready;
 use runtime::recover::{recover, Identity, Recovered};
+use runtime::wal::WalOptions;
 use std::collections::HashMap;
 
 pub mod cluster;
@@ -72,14 +73,15 @@ fn digest(acc: &mut u64, x: u64) {
 /// acknowledged write is lost or recovery fails.
 pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut disk = SimBackend::new("wal");
+    let mut disk = SimDisk::new("wal");
+    let wal_options = WalOptions { segment_bytes: rng.random_range(4096..=65536) };
     let mut summary = RunSummary { trace_digest: 0xcbf29ce484222325, ..Default::default() };
     let mut acked: Vec<AckedPut> = Vec::new();
     let mut next_key = 0u32;
     let mut step = 0;
     while step < steps {
         let Recovered { mut node, mut wal, mut sm, .. } =
-            recover(disk.clone(), &identity(), Config::new(1, rng.random()), Default::default())
+            recover(disk.clone(), wal_options, &identity(), Config::new(1, rng.random()), Default::default())
                 .unwrap_or_else(|e| panic!("seed {seed}: recovery failed at step {step}: {e}"));
         // Bring the node up: elect, apply everything durable.
         let mut pending: HashMap<u64, Op> = HashMap::new();
@@ -147,20 +149,14 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
                 95..=99 => {
                     // Crash: everything in memory is gone; the disk keeps what was synced and,
                     // of the rest, what the fault leaves.
-                    let live = wal.backend().clone();
-                    let unsynced = live.unsynced_len();
-                    let fault = match rng.random_range(0..3) {
-                        0 => CrashFault::LoseUnsynced,
-                        1 => CrashFault::Torn { keep: rng.random_range(0..=unsynced) },
-                        _ => CrashFault::TornFlipped {
-                            keep: rng.random_range(0..=unsynced),
-                            bit: rng.random_range(0..usize::MAX / 2),
-                        },
-                    };
-                    disk = live.crash(fault);
-                    if unsynced > 0 && !matches!(fault, CrashFault::LoseUnsynced) {
-                        summary.torn_recoveries += 1;
-                    }
+                    let live = wal.dir().clone();
+                    let mut damaged = false;
+                    disk = live.crash(&mut |_, unsynced| {
+                        let fault = draw_fault(&mut rng, unsynced);
+                        damaged |= !matches!(fault, CrashFault::LoseUnsynced);
+                        fault
+                    });
+                    summary.torn_recoveries += damaged as u32;
                     summary.crashes += 1;
                     digest(&mut summary.trace_digest, 0xdead);
                     break;
@@ -191,6 +187,25 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
         }
     }
     summary
+}
+
+/// What survives of a file's `unsynced` bytes in a crash, drawn from `rng`: nothing, a torn
+/// prefix (at a sector boundary or any byte), a torn prefix with a flipped bit, or any subset
+/// of sectors (a disk that reordered its writes).
+pub fn draw_fault(rng: &mut SmallRng, unsynced: usize) -> CrashFault {
+    match rng.random_range(0..5) {
+        0 => CrashFault::LoseUnsynced,
+        1 => CrashFault::Torn { keep: rng.random_range(0..=unsynced) },
+        2 => {
+            let sectors = unsynced / runtime::backend::SECTOR_BYTES;
+            CrashFault::Torn { keep: rng.random_range(0..=sectors) * runtime::backend::SECTOR_BYTES }
+        }
+        3 => CrashFault::TornFlipped {
+            keep: rng.random_range(0..=unsynced),
+            bit: rng.random_range(0..1 << 30),
+        },
+        _ => CrashFault::Scrambled { seed: rng.random() },
+    }
 }
 
 /// Every acknowledged put is visible at the revision it was acknowledged with.
