@@ -285,6 +285,32 @@ impl Lessor {
         Lessor { config, leases: BTreeMap::new(), key_to_lease: BTreeMap::new(), leader: None }
     }
 
+    /// A lessor rebuilt from an image: the leases' replicated parts, then every live key's
+    /// lease (`keys`: key and lease id, each key once). Not leader.
+    pub fn restore(
+        config: LessorConfig,
+        records: impl Iterator<Item = LeaseRecord>,
+        keys: impl Iterator<Item = (Bytes, i64)>,
+    ) -> Result<Lessor, String> {
+        let mut l = Lessor::new(config);
+        for r in records {
+            let bounds = 0..=MAX_LEASE_TTL_SECS;
+            if r.id == 0 || !bounds.contains(&r.ttl) || !bounds.contains(&r.remaining_ttl) {
+                return Err(format!("lease record out of bounds: {r:?}"));
+            }
+            // A lease keeps at least this member's minimum TTL, as a grant here would give it.
+            let ttl = r.ttl.max(l.config.min_ttl_secs);
+            let lease = Lease { ttl, remaining_ttl: r.remaining_ttl, keys: BTreeSet::new() };
+            if l.leases.insert(r.id, lease).is_some() {
+                return Err(format!("lease {} twice", r.id));
+            }
+        }
+        for (key, id) in keys {
+            l.attach(id, key.clone()).map_err(|e| format!("key {key:?} on lease {id}: {e}"))?;
+        }
+        Ok(l)
+    }
+
     pub fn config(&self) -> &LessorConfig {
         &self.config
     }

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod btree;
+pub mod image;
 pub mod node;
 pub mod ready;
 pub mod recover;

@@ -4,7 +4,9 @@
 //! entry is applied (writes) or the applied index reaches their read point (reads).
 
 use crate::backend::Dir;
+use crate::btree::PageFile;
 use crate::ready::handle_ready;
+use crate::ready::{maybe_checkpoint, Storage};
 use crate::recover::Recovered;
 use crate::watch::{WatchHub, WatchSpec, WatchUpdate};
 use keel_core::lease::{
@@ -14,7 +16,7 @@ use keel_core::lease::{
 use keel_core::mvcc::MvccError;
 use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
-use keel_core::pb::keelpb::{request::Op, Request};
+use keel_core::pb::keelpb::{request::Op, MessageType, Request};
 use keel_core::raft::{MemStorage, Message, ProposeError, RawNode, StateRole};
 use keel_core::state_machine::{Applied, ApplyError, StateMachine, WriteResponse};
 use prost::Message as _;
@@ -65,6 +67,8 @@ pub struct NodeStatus {
     pub raft_term: u64,
     pub raft_applied_index: u64,
     pub wal_bytes: u64,
+    /// Bytes of the state machine's image file (etcd's backend database size).
+    pub db_bytes: u64,
     pub members: Vec<Member>,
 }
 
@@ -254,14 +258,17 @@ pub struct DriverConfig {
     pub client_urls: Vec<String>,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// Applied entries between two saves of the state machine's image (etcd's
+    /// `--snapshot-count`); each save lets the WAL release what it covers.
+    pub snapshot_count: u64,
 }
 
 type RangeReply = (RangeRequest, oneshot::Sender<Result<RangeResponse, RequestError>>);
 
-struct Driver<D: Dir> {
+struct Driver<D: Dir, F: PageFile> {
     cfg: DriverConfig,
     node: RawNode<MemStorage>,
-    wal: crate::wal::Wal<D>,
+    storage: Storage<D, F>,
     sm: StateMachine,
     /// Proposals by request id, waiting for their entry to apply.
     writes: HashMap<u64, oneshot::Sender<Result<WriteResponse, RequestError>>>,
@@ -286,8 +293,8 @@ struct Driver<D: Dir> {
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
 /// fails; the returned join handle yields the reason it stopped.
-pub fn spawn<D: Dir + 'static>(
-    recovered: Recovered<D>,
+pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
+    recovered: Recovered<D, F>,
     cfg: DriverConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
@@ -297,7 +304,7 @@ pub fn spawn<D: Dir + 'static>(
     let mut d = Driver {
         cfg,
         node: recovered.node,
-        wal: recovered.wal,
+        storage: recovered.storage,
         sm: recovered.sm,
         writes: HashMap::new(),
         new_reads: Vec::new(),
@@ -360,7 +367,7 @@ pub fn spawn<D: Dir + 'static>(
     (handle, join)
 }
 
-impl<D: Dir> Driver<D> {
+impl<D: Dir, F: PageFile> Driver<D, F> {
     fn header(&self) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cfg.cluster_id,
@@ -462,7 +469,8 @@ impl<D: Dir> Driver<D> {
                     raft_index: self.node.last_index(),
                     raft_term: self.node.term(),
                     raft_applied_index: self.node.applied(),
-                    wal_bytes: self.wal.len(),
+                    wal_bytes: self.storage.wal.len(),
+                    db_bytes: self.storage.image.file_bytes(),
                     members: self.sm.members().cloned().collect(),
                 });
             }
@@ -565,13 +573,23 @@ impl<D: Dir> Driver<D> {
         while self.node.has_ready() {
             let now = self.now_ms();
             let outbox = &self.cfg.outbox;
+            let mut snapshots = Vec::new();
             let mut send = |m: Message| {
-                if let Some(tx) = outbox.get(&m.to) {
-                    let _ = tx.try_send(m);
+                let (to, snapshot) = (m.to, m.msg_type == MessageType::MsgSnap as i32);
+                let queued = outbox.get(&m.to).is_some_and(|tx| tx.try_send(m).is_ok());
+                if snapshot {
+                    snapshots.push((to, !queued));
                 }
             };
-            let outcome = handle_ready(&mut self.node, &mut self.wal, &mut self.sm, now, &mut send)
+            let outcome = handle_ready(&mut self.node, &mut self.storage, &mut self.sm, now, &mut send)
                 .map_err(|e| e.to_string())?;
+            for (to, failed) in snapshots {
+                // Queued for the peer (or not): the leader waits for the follower's answer.
+                self.node.report_snapshot(to, failed);
+            }
+            if outcome.installed.is_some() {
+                self.hub.desync_all();
+            }
             for (_, effect) in outcome.applied {
                 if let Applied::Write { request_id, result, events } = effect {
                     if !events.is_empty() {
@@ -611,6 +629,8 @@ impl<D: Dir> Driver<D> {
             }
             self.serve_ready_reads();
         }
+        maybe_checkpoint(&mut self.node, &mut self.storage, &mut self.sm, self.cfg.snapshot_count)
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 

@@ -1,9 +1,29 @@
 //! The handling of one `Ready`, shared by the tokio driver and the simulator.
 
 use crate::backend::Dir;
+use crate::btree::PageFile;
+use crate::image::{Image, ImageError};
 use crate::wal::{Wal, WalError};
-use keel_core::raft::{MemStorage, Message, RawNode, ReadState, SoftState};
+use keel_core::pb::keelpb::{MessageType, SnapshotMetadata};
+use keel_core::raft::{MemStorage, Message, RawNode, ReadState, SoftState, Storage as _};
 use keel_core::state_machine::{Applied, StateMachine};
+use thiserror::Error;
+
+/// A storage failure while handling a Ready. The node must stop: memory and disk no longer
+/// agree.
+#[derive(Debug, Error)]
+pub enum ReadyError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+/// A member's durable storage: its log and its state machine's image.
+pub struct Storage<D: Dir, F: PageFile> {
+    pub wal: Wal<D>,
+    pub image: Image<F>,
+}
 
 /// What one `Ready` produced for the driver to act on.
 #[derive(Debug, Default)]
@@ -14,6 +34,8 @@ pub struct ReadyOutcome {
     pub soft_state: Option<SoftState>,
     /// Whether this Ready synced the WAL (for group-commit accounting).
     pub synced: bool,
+    /// The index of a leader's snapshot that replaced the state machine, if one did.
+    pub installed: Option<u64>,
 }
 
 /// Handles the node's next `Ready`, in the order its contract requires: send what needs nothing
@@ -22,21 +44,30 @@ pub struct ReadyOutcome {
 ///
 /// A WAL error leaves the node un-advanced; the driver must stop, since memory and disk no
 /// longer agree.
-pub fn handle_ready<D: Dir>(
+pub fn handle_ready<D: Dir, F: PageFile>(
     node: &mut RawNode<MemStorage>,
-    wal: &mut Wal<D>,
+    storage: &mut Storage<D, F>,
     sm: &mut StateMachine,
     now_ms: u64,
     send: &mut dyn FnMut(Message),
-) -> Result<ReadyOutcome, WalError> {
+) -> Result<ReadyOutcome, ReadyError> {
     let mut rd = node.ready();
     for m in rd.messages.drain(..) {
-        send(m);
+        send(with_snapshot_data(m, &mut storage.image)?);
     }
 
-    // Snapshots arrive only from a leader over the peer transport; installing one (and keeping
-    // it in the WAL) comes with the storage engine (#5) and the cluster server (#7).
-    assert!(rd.snapshot.is_none(), "snapshot installation is not supported by this runtime yet");
+    // A leader's snapshot replaces the state machine: its image is made durable, then the WAL
+    // records the new starting point, before anything after it is appended.
+    let mut installed = None;
+    if let Some(snap) = &rd.snapshot {
+        let loaded = storage.image.install(&snap.data, *sm.lessor.config())?;
+        let meta = snap.metadata.clone().expect("a snapshot has metadata");
+        assert_eq!(loaded.meta.index, meta.index, "the snapshot's data is the state at its index");
+        storage.wal.append_snapshot(&meta);
+        installed = Some(meta.index);
+        *sm = loaded.sm;
+    }
+    let wal = &mut storage.wal;
     if let Some(hs) = &rd.hard_state {
         wal.append_hard_state(hs);
     }
@@ -46,13 +77,19 @@ pub fn handle_ready<D: Dir>(
     #[cfg(not(feature = "planted-bugs"))]
     let sync = rd.must_sync;
     wal.flush(sync)?;
+    if let Some(snap) = &rd.snapshot {
+        // Memory keeps the metadata only; the data is the image, read from disk when needed.
+        let mut snap = snap.clone();
+        snap.data = Default::default();
+        node.store_mut().apply_snapshot(snap);
+    }
     node.store_mut().append(&rd.entries);
     if let Some(hs) = &rd.hard_state {
         node.store_mut().set_hard_state(*hs);
     }
 
     for m in rd.persisted_messages.drain(..) {
-        send(m);
+        send(with_snapshot_data(m, &mut storage.image)?);
     }
 
     let mut applied = Vec::with_capacity(rd.committed_entries.len());
@@ -69,7 +106,44 @@ pub fn handle_ready<D: Dir>(
         read_states: std::mem::take(&mut rd.read_states),
         soft_state: rd.soft_state,
         synced: rd.must_sync,
+        installed,
     };
     node.advance(rd);
     Ok(outcome)
+}
+
+/// A snapshot message leaves with the image's data: memory keeps only the snapshot's metadata.
+fn with_snapshot_data<F: PageFile>(mut m: Message, image: &mut Image<F>) -> Result<Message, ImageError> {
+    if m.msg_type == MessageType::MsgSnap as i32 {
+        let snap = m.snapshot.as_mut().expect("MsgSnap carries a snapshot");
+        let index = snap.metadata.as_ref().map_or(0, |md| md.index);
+        assert_eq!(index, image.index(), "the log's snapshot point is the image's");
+        snap.data = image.full()?;
+    }
+    Ok(m)
+}
+
+/// Saves the state machine's image once `snapshot_count` entries have been applied since the
+/// last save, then lets the WAL record the new starting point and release what it covers, and
+/// compacts the in-memory log to it (a follower that needs older entries gets the image).
+/// Returns whether it saved.
+pub fn maybe_checkpoint<D: Dir, F: PageFile>(
+    node: &mut RawNode<MemStorage>,
+    storage: &mut Storage<D, F>,
+    sm: &mut StateMachine,
+    snapshot_count: u64,
+) -> Result<bool, ReadyError> {
+    let applied = sm.applied_index();
+    if applied < storage.image.index() + snapshot_count.max(1) {
+        return Ok(false);
+    }
+    let term = node.store().term(applied).expect("an applied entry is in the log");
+    let conf_state = node.store().initial_state().1;
+    storage.image.save(sm, term, conf_state.clone())?;
+    let meta = SnapshotMetadata { conf_state: Some(conf_state.clone()), index: applied, term };
+    storage.wal.append_snapshot(&meta);
+    storage.wal.flush(true)?;
+    storage.wal.release(applied)?;
+    node.store_mut().compact(applied, conf_state, Default::default());
+    Ok(true)
 }

@@ -213,6 +213,14 @@ impl WatchHub {
         }
     }
 
+    /// Marks every watcher unsynced, to catch up from the store's history: after the store was
+    /// replaced by a leader's snapshot, live events no longer follow on from what was sent.
+    pub fn desync_all(&mut self) {
+        for w in self.watchers.values_mut() {
+            w.synced = false;
+        }
+    }
+
     /// Moves unsynced watchers forward from history, in bounded batches, while their streams
     /// have room. `header` carries the current revision.
     pub fn catch_up(&mut self, store: &Store, header: ResponseHeader) {

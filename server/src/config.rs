@@ -49,6 +49,9 @@ pub struct Config {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long = "max-txn-ops", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long = "snapshot-count", default_value_t = 100000)]
+    pub snapshot_count: u64,
     /// Duration of periodic watch progress notifications (e.g. 10m, 30s).
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,

@@ -9,6 +9,7 @@ use runtime::node::NodeHandle;
 
 pub(crate) fn routes(grpc: Router, node: NodeHandle) -> Router {
     let (n1, n2) = (node.clone(), node);
+    let grpc = grpc.clone().merge(crate::gateway::routes(grpc));
     grpc.route("/health", get(move || health(n1.clone())))
         .route("/version", get(version))
         .route("/metrics", get(move || metrics(n2.clone())))
@@ -59,7 +60,7 @@ async fn metrics(node: NodeHandle) -> impl IntoResponse {
     gauge(
         "etcd_mvcc_db_total_size_in_bytes",
         "Total size of the underlying database physically allocated in bytes.",
-        s.wal_bytes.to_string(),
+        s.db_bytes.to_string(),
     );
     gauge(
         "etcd_debugging_mvcc_current_revision",

@@ -7,6 +7,8 @@
 pub mod config;
 pub mod errors;
 #[cfg(not(madsim))]
+mod gateway;
+#[cfg(not(madsim))]
 mod http;
 pub mod pb;
 mod peer;
@@ -16,7 +18,7 @@ mod services;
 pub use config::{Config, ConfigError};
 
 use keel_core::pb::etcdserverpb::Member;
-use runtime::backend::FsDir;
+use runtime::backend::{FileBackend, FsDir};
 use runtime::node::{self, DriverConfig, NodeHandle};
 use runtime::recover::{recover, Identity};
 use runtime::wal::WalOptions;
@@ -60,6 +62,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         });
     }
     let wal_fs = FsDir::open(&wal_dir).map_err(data_err)?;
+    // The state machine's image lives where etcd keeps its backend database.
+    let snap_dir = resolved.data_dir.join("member").join("snap");
+    std::fs::create_dir_all(&snap_dir).map_err(data_err)?;
+    let image_file = FileBackend::open(&snap_dir.join("db")).map_err(data_err)?;
+    FsDir::open(&snap_dir).and_then(|mut d| runtime::backend::Dir::sync(&mut d)).map_err(data_err)?;
     let identity = Identity {
         name: config.name.clone(),
         member_id: resolved.member_id,
@@ -74,7 +81,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         min_ttl_secs: keel_core::lease::min_ttl_secs(election_ticks, heartbeat_ms),
         ..Default::default()
     };
-    let recovered = recover(wal_fs, WalOptions::default(), &identity, raft, lease_config)?;
+    let recovered = recover(wal_fs, WalOptions::default(), image_file, &identity, raft, lease_config)?;
     tracing::info!(
         name = %config.name,
         member_id = %format!("{:x}", resolved.member_id),
@@ -105,6 +112,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         watch_progress_interval: config.watch_progress_notify_interval,
         member_id: resolved.member_id,
         cluster_id: resolved.cluster_id,
+        snapshot_count: config.snapshot_count,
     };
     let (handle, node_task) = node::spawn(recovered, driver, shutdown.clone());
     let self_member = Member {

@@ -18,8 +18,9 @@ use tonic::{Request, Response, Status};
 pub const PEER_QUEUE_MAX: usize = 4096;
 /// Bound on messages in one batch.
 pub const BATCH_MESSAGES_MAX: usize = 512;
-/// Bound on a batch's size on the wire (Raft bounds each message's entries already).
-pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// Bound on a batch's size on the wire. Raft bounds each append's entries; a snapshot carries
+/// the whole state machine image in one message, so this bounds the image a member can send.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 512 << 20;
 
 #[derive(Clone)]
 pub(crate) struct PeerService {
@@ -30,18 +31,14 @@ pub(crate) struct PeerService {
 impl Raft for PeerService {
     async fn send(&self, request: Request<MessageBatch>) -> Result<Response<SendResponse>, Status> {
         let batch = request.into_inner();
-        // Peers are not authenticated yet: drop what this runtime cannot take rather than let a
-        // malformed message reach the node (a proposal without entries; a snapshot, which this
-        // runtime cannot install until log compaction exists).
+        // Peers are not authenticated yet: drop what is malformed rather than let it reach the
+        // node (a proposal without entries, a snapshot without metadata).
         let messages: Vec<Message> = batch
             .messages
             .into_iter()
             .filter(|m| match MessageType::try_from(m.msg_type) {
                 Ok(MessageType::MsgProp) => !m.entries.is_empty(),
-                Ok(MessageType::MsgSnap) => {
-                    tracing::warn!(from = %format!("{:x}", m.from), "dropping a snapshot: not supported yet");
-                    false
-                }
+                Ok(MessageType::MsgSnap) => m.snapshot.as_ref().is_some_and(|s| s.metadata.is_some()),
                 Ok(_) => true,
                 Err(_) => false,
             })

@@ -214,7 +214,7 @@ impl Maintenance for Services {
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.node.status().await.map_err(request_status)?;
-        let db_size = s.wal_bytes as i64;
+        let db_size = s.db_bytes as i64;
         Ok(Response::new(StatusResponse {
             header: Some(s.header),
             version: crate::ETCD_VERSION.to_string(),

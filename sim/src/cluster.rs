@@ -11,14 +11,14 @@ use keel_core::pb::etcdserverpb::{
     compare, request_op, Compare, Member, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use keel_core::pb::keelpb::request::Op;
-use keel_core::pb::keelpb::Request;
+use keel_core::pb::keelpb::{MessageType, Request};
 use keel_core::raft::{Config, Message, StateRole};
 use keel_core::state_machine::{Applied, WriteResponse};
 use prost::Message as _;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use runtime::backend::SimDisk;
-use runtime::ready::handle_ready;
+use runtime::backend::{Dir as _, SimBackend, SimDisk};
+use runtime::ready::{handle_ready, maybe_checkpoint};
 use runtime::recover::{recover, Identity, Recovered};
 use runtime::wal::WalOptions;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,6 +38,9 @@ pub struct Faults {
     pub msg_bytes_max: u64,
     /// WAL segment size: small ones roll often, mid-batch and mid-crash.
     pub wal_segment_bytes: u64,
+    /// Applied entries between saves of the state machine's image (and log compactions):
+    /// small values make lagging members catch up by snapshot.
+    pub snapshot_count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -51,13 +54,16 @@ pub struct ClusterSummary {
     /// The checker ran out of budget (too many operations of unknown outcome to search):
     /// neither a pass nor a violation.
     pub check_unknown: bool,
+    /// Images saved (checkpoints) and leader snapshots installed, over all members.
+    pub checkpoints: u32,
+    pub snapshots_installed: u32,
 }
 
 const KEY: &[u8] = b"r";
 
 struct SimNode {
     node: keel_core::raft::RawNode<keel_core::raft::MemStorage>,
-    wal: runtime::wal::Wal<SimDisk>,
+    storage: runtime::ready::Storage<SimDisk, SimBackend>,
     sm: keel_core::state_machine::StateMachine,
     /// Proposals made here, by request id: the client and its op index.
     writes: HashMap<u64, (usize, usize)>,
@@ -131,6 +137,7 @@ impl Cluster {
             tick_every: (0..n).map(|_| rng.random_range(1..4)).collect(),
             msg_bytes_max: [1, 64, 1 << 20][rng.random_range(0..3)],
             wal_segment_bytes: rng.random_range(4096..=65536),
+            snapshot_count: [3, 10, 50, 200, 1 << 30][rng.random_range(0..5)],
         };
         let mut c = Cluster {
             rng,
@@ -165,14 +172,17 @@ impl Cluster {
         let wal_options = WalOptions { segment_bytes: self.faults.wal_segment_bytes };
         // Crashes damage only what was never synced, so recovery must always succeed: a WAL
         // that calls such damage corruption would keep a healthy member down.
-        let Recovered { node, wal, sm, .. } =
-            recover(disk, wal_options, &identity(id, self.n), cfg, Default::default())
+        let mut dir = disk.clone();
+        let image_file = dir.open("db").expect("sim open");
+        dir.sync().expect("sim dir sync");
+        let Recovered { node, storage, sm, .. } =
+            recover(disk, wal_options, image_file, &identity(id, self.n), cfg, Default::default())
                 .unwrap_or_else(|e| panic!("SIM_SEED={}: node {id} cannot recover: {e}", self.seed));
         self.nodes.insert(
             id,
             Some(SimNode {
                 node,
-                wal,
+                storage,
                 sm,
                 writes: HashMap::new(),
                 reads: HashMap::new(),
@@ -183,7 +193,7 @@ impl Cluster {
 
     fn crash(&mut self, id: u64) {
         let Some(Some(n)) = self.nodes.get_mut(&id).map(|n| n.take()) else { return };
-        let live = n.wal.dir().clone();
+        let live = n.storage.wal.dir().clone();
         let rng = &mut self.rng;
         self.disks.insert(id, live.crash(&mut |_, unsynced| crate::draw_fault(rng, unsynced)));
         // Whatever its clients were waiting for is now unknown.
@@ -318,10 +328,17 @@ impl Cluster {
                 break;
             }
             let mut out = Vec::new();
-            let outcome = handle_ready(&mut n.node, &mut n.wal, &mut n.sm, self.now, &mut |m| out.push(m))
-                .unwrap_or_else(|e| panic!("seed {}: WAL of node {id} failed: {e}", self.seed));
+            let outcome =
+                handle_ready(&mut n.node, &mut n.storage, &mut n.sm, self.now, &mut |m| out.push(m))
+                    .unwrap_or_else(|e| panic!("seed {}: storage of node {id} failed: {e}", self.seed));
             let (term, role) = (n.node.term(), n.node.role());
             let mut finished = Vec::new();
+            if outcome.installed.is_some() {
+                self.summary.snapshots_installed += 1;
+                // Writes proposed here may have been applied inside the snapshot, unseen: their
+                // outcome is unknown.
+                finished.extend(n.writes.drain().map(|(_, (client, op))| (client, op, None)));
+            }
             for (index, effect) in &outcome.applied {
                 let entry = n.node.entries(*index, index + 1);
                 if let Some(e) = entry.first() {
@@ -372,9 +389,19 @@ impl Cluster {
                 assert_eq!(prev, id, "seed {}: election safety: two leaders in term {term}", self.seed);
                 self.summary.max_term = self.summary.max_term.max(term);
             }
+            let snapshots_to: Vec<u64> =
+                out.iter().filter(|m| m.msg_type == MessageType::MsgSnap as i32).map(|m| m.to).collect();
             for m in out {
                 self.send(m);
             }
+            let Some(Some(n)) = self.nodes.get_mut(&id) else { return };
+            for to in snapshots_to {
+                // Handed to the network: the leader waits for the follower's answer.
+                n.node.report_snapshot(to, false);
+            }
+            let saved = maybe_checkpoint(&mut n.node, &mut n.storage, &mut n.sm, self.faults.snapshot_count)
+                .unwrap_or_else(|e| panic!("seed {}: checkpoint of node {id} failed: {e}", self.seed));
+            self.summary.checkpoints += saved as u32;
             for (client, op, output) in finished {
                 match output {
                     Some(o) => self.finish(client, op, o),

@@ -17,8 +17,8 @@ use keel_core::state_machine::{Applied, WriteResponse};
 use prost::Message as _;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use runtime::backend::{CrashFault, SimDisk};
-use runtime::ready::handle_ready;
+use runtime::backend::{CrashFault, Dir as _, SimDisk};
+use runtime::ready::{handle_ready, maybe_checkpoint};
 use runtime::recover::{recover, Identity, Recovered};
 use runtime::wal::WalOptions;
 use std::collections::HashMap;
@@ -46,6 +46,8 @@ pub struct RunSummary {
     pub acked_puts: usize,
     pub acked_deletes: usize,
     pub torn_recoveries: u32,
+    /// Saves of the state machine's image (each releases WAL segments it covers).
+    pub checkpoints: u32,
     pub final_revision: i64,
     /// A digest of every observable event, equal for equal seeds.
     pub trace_digest: u64,
@@ -75,14 +77,23 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut disk = SimDisk::new("wal");
     let wal_options = WalOptions { segment_bytes: rng.random_range(4096..=65536) };
+    let snapshot_count = [5, 50, 1 << 30][rng.random_range(0..3)];
     let mut summary = RunSummary { trace_digest: 0xcbf29ce484222325, ..Default::default() };
     let mut acked: Vec<AckedPut> = Vec::new();
     let mut next_key = 0u32;
     let mut step = 0;
     while step < steps {
-        let Recovered { mut node, mut wal, mut sm, .. } =
-            recover(disk.clone(), wal_options, &identity(), Config::new(1, rng.random()), Default::default())
-                .unwrap_or_else(|e| panic!("seed {seed}: recovery failed at step {step}: {e}"));
+        let image_file = disk.open("db").expect("sim open");
+        disk.sync().expect("sim dir sync");
+        let Recovered { mut node, storage: mut wal, mut sm, .. } = recover(
+            disk.clone(),
+            wal_options,
+            image_file,
+            &identity(),
+            Config::new(1, rng.random()),
+            Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("seed {seed}: recovery failed at step {step}: {e}"));
         // Bring the node up: elect, apply everything durable.
         let mut pending: HashMap<u64, Op> = HashMap::new();
         let mut next_id = 1u64;
@@ -123,7 +134,12 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
                 }
                 50..=94 if node.has_ready() => {
                     let outcome = handle_ready(&mut node, &mut wal, &mut sm, step as u64, &mut |_| {})
-                        .unwrap_or_else(|e| panic!("seed {seed}: WAL failed: {e}"));
+                        .unwrap_or_else(|e| panic!("seed {seed}: storage failed: {e}"));
+                    if maybe_checkpoint(&mut node, &mut wal, &mut sm, snapshot_count)
+                        .unwrap_or_else(|e| panic!("seed {seed}: checkpoint failed: {e}"))
+                    {
+                        summary.checkpoints += 1;
+                    }
                     for (index, effect) in outcome.applied {
                         digest(&mut summary.trace_digest, index);
                         let Applied::Write { request_id, result, .. } = effect else { continue };
@@ -149,7 +165,7 @@ pub fn run_single_node(seed: u64, steps: u32) -> RunSummary {
                 95..=99 => {
                     // Crash: everything in memory is gone; the disk keeps what was synced and,
                     // of the rest, what the fault leaves.
-                    let live = wal.dir().clone();
+                    let live = wal.wal.dir().clone();
                     let mut damaged = false;
                     disk = live.crash(&mut |_, unsynced| {
                         let fault = draw_fault(&mut rng, unsynced);

@@ -1,5 +1,7 @@
 use super::revision::Revision;
+use crate::pb::keelpb::{KeyHistoryImage, KeyVersion};
 use crate::pb::mvccpb::KeyValue;
+use bytes::Bytes;
 
 /// The history of one key: every change at its revision, oldest first. A `None` value is a
 /// delete (tombstone), which ends the key's current generation.
@@ -23,6 +25,11 @@ impl KeyHistory {
     /// The key's latest value, if it exists now (including changes of a write in progress).
     pub(crate) fn live(&self) -> Option<&KeyValue> {
         self.changes.last().and_then(|(_, kv)| kv.as_ref())
+    }
+
+    /// The main revision of the latest change (0 for an empty history).
+    pub(crate) fn last_main(&self) -> i64 {
+        self.changes.last().map_or(0, |(r, _)| r.main)
     }
 
     pub(crate) fn record(&mut self, rev: Revision, kv: Option<KeyValue>) {
@@ -94,5 +101,40 @@ impl KeyHistory {
 
     pub(crate) fn len(&self) -> usize {
         self.changes.len()
+    }
+}
+
+impl KeyHistory {
+    /// The history as its image stores it: keys are left out of the versions (the record is
+    /// keyed by it).
+    pub(crate) fn to_image(&self) -> KeyHistoryImage {
+        KeyHistoryImage {
+            versions: self
+                .changes
+                .iter()
+                .map(|(rev, kv)| KeyVersion {
+                    main: rev.main,
+                    sub: rev.sub,
+                    kv: kv.as_ref().map(|kv| KeyValue { key: Bytes::new(), ..kv.clone() }),
+                })
+                .collect(),
+        }
+    }
+
+    /// The history of `key` from its image. Errors name what is wrong (an image is data read
+    /// from disk or a peer, so it is checked, not trusted).
+    pub(crate) fn from_image(key: &Bytes, image: KeyHistoryImage) -> Result<KeyHistory, String> {
+        let mut h = KeyHistory::default();
+        for v in image.versions {
+            let rev = Revision::new(v.main, v.sub);
+            if h.changes.last().is_some_and(|(last, _)| *last >= rev) {
+                return Err(format!("history of {key:?} is not in revision order at {rev:?}"));
+            }
+            h.changes.push((rev, v.kv.map(|kv| KeyValue { key: key.clone(), ..kv })));
+        }
+        if h.changes.is_empty() {
+            return Err(format!("empty history for {key:?}"));
+        }
+        Ok(h)
     }
 }

@@ -51,6 +51,9 @@ pub struct Store {
     /// Leases that exist (granted, not revoked): a put may attach only to these. Kept by the
     /// state machine in step with its lessor.
     leases: std::collections::BTreeSet<i64>,
+    /// Keys whose history changed since the last [`Store::take_dirty`]: what the next image
+    /// update must rewrite. At most every key.
+    dirty: std::collections::BTreeSet<Bytes>,
 }
 
 impl Default for Store {
@@ -274,7 +277,73 @@ impl Store {
             compact_cursor: None,
             events: Vec::new(),
             leases: Default::default(),
+            dirty: Default::default(),
         }
+    }
+
+    /// The keys whose history changed since the last call, leaving none behind.
+    pub fn take_dirty(&mut self) -> std::collections::BTreeSet<Bytes> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Key `key`'s history as an image stores it, or `None` if it has none left.
+    pub fn history_image(&self, key: &[u8]) -> Option<crate::pb::keelpb::KeyHistoryImage> {
+        self.keys.get(key).map(KeyHistory::to_image)
+    }
+
+    /// Every key's history, in key order (for a full image).
+    pub fn history_images(&self) -> impl Iterator<Item = (&Bytes, crate::pb::keelpb::KeyHistoryImage)> + '_ {
+        self.keys.iter().map(|(k, h)| (k, h.to_image()))
+    }
+
+    /// Every live key attached to a lease, with the lease.
+    pub fn live_leased_keys(&self) -> Vec<(Bytes, i64)> {
+        self.keys
+            .iter()
+            .filter_map(|(k, h)| h.live().filter(|kv| kv.lease != 0).map(|kv| (k.clone(), kv.lease)))
+            .collect()
+    }
+
+    /// Where physical compaction resumes, if one is under way.
+    pub fn compact_cursor(&self) -> Option<&Bytes> {
+        self.compact_cursor.as_ref()
+    }
+
+    /// A store rebuilt from its image: `keys` in ascending key order (so the index is built in
+    /// one pass), revisions and compaction progress, and the leases that exist.
+    pub fn restore(
+        keys: impl Iterator<Item = (Bytes, crate::pb::keelpb::KeyHistoryImage)>,
+        current: i64,
+        compacted: i64,
+        compact_cursor: Option<Bytes>,
+        leases: impl Iterator<Item = i64>,
+    ) -> Result<Store, String> {
+        if current < 1 || compacted < 0 || compacted > current {
+            return Err(format!("revisions out of order: current {current}, compacted {compacted}"));
+        }
+        let mut histories = Vec::new();
+        for (key, image) in keys {
+            if histories.last().is_some_and(|(last, _): &(Bytes, KeyHistory)| *last >= key) {
+                return Err(format!("keys out of order at {key:?}"));
+            }
+            let h = KeyHistory::from_image(&key, image)?;
+            if h.last_main() > current {
+                return Err(format!(
+                    "{key:?} changed at revision {} after the current {current}",
+                    h.last_main()
+                ));
+            }
+            histories.push((key, h));
+        }
+        Ok(Store {
+            keys: histories.into_iter().collect(),
+            current,
+            compacted,
+            compact_cursor,
+            events: Vec::new(),
+            leases: leases.collect(),
+            dirty: Default::default(),
+        })
     }
 
     /// The store's current revision.
@@ -456,6 +525,7 @@ impl Store {
             (&keys[..], None)
         };
         for k in batch {
+            self.dirty.insert(k.clone());
             let empty = self.keys.get_mut(k).expect("listed key").compact(self.compacted);
             if empty {
                 self.keys.remove(k);
@@ -467,6 +537,11 @@ impl Store {
 
     /// The events of the last write (empty if it changed nothing), leaving none behind.
     pub fn take_events(&mut self) -> Vec<Event> {
+        for e in &self.events {
+            if let Some(kv) = &e.kv {
+                self.dirty.insert(kv.key.clone());
+            }
+        }
         std::mem::take(&mut self.events)
     }
 

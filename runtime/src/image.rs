@@ -1,0 +1,230 @@
+//! The state machine's durable image, kept in the B-tree: what a restart starts from instead of
+//! the whole log, what lets the WAL release old segments, and what a leader sends a follower
+//! that is too far behind for the log.
+//!
+//! Layout (one ordered keyspace, tables by prefix byte):
+//!
+//! ```text
+//! "s"                 -> keelpb.StateImage   (applied index and term, configuration,
+//!                                             revisions, leases, members, recent request ids)
+//! "k" ++ key          -> keelpb.KeyHistoryImage (every version compaction kept, oldest first)
+//! "h" ++ sha1(key)    -> keelpb.KeyImage     (the same, for keys too long for a B-tree key)
+//! ```
+//!
+//! The image is updated at checkpoints, in one B-tree commit: the histories of the keys that
+//! changed since the last one, and the state record. Keys are stored in key order, so a restart
+//! reads them in one pass and builds the in-memory index without sorting.
+
+use crate::btree::{Db, DbError, PageFile, MAX_KEY_BYTES};
+use bytes::Bytes;
+use keel_core::lease::LessorConfig;
+use keel_core::pb::keelpb::{ConfState, FullImage, KeyHistoryImage, KeyImage, SnapshotMetadata, StateImage};
+use keel_core::state_machine::StateMachine;
+use prost::Message as _;
+use sha1::{Digest, Sha1};
+use std::ops::Bound;
+use thiserror::Error;
+
+const STATE_KEY: &[u8] = b"s";
+const KEY_PREFIX: u8 = b'k';
+const HASHED_PREFIX: u8 = b'h';
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("state image {what}: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+fn invalid(what: &str, reason: impl ToString) -> ImageError {
+    ImageError::Invalid { what: what.to_string(), reason: reason.to_string() }
+}
+
+/// Where key `key`'s history lives in the tree.
+fn tree_key(key: &[u8]) -> Vec<u8> {
+    if key.len() < MAX_KEY_BYTES {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(KEY_PREFIX);
+        k.extend_from_slice(key);
+        k
+    } else {
+        let mut k = vec![HASHED_PREFIX];
+        k.extend_from_slice(&Sha1::digest(key));
+        k
+    }
+}
+
+/// The durable image on top of one B-tree file.
+pub struct Image<F: PageFile> {
+    db: Db<F>,
+    /// The applied index of the image on disk (0: none yet).
+    index: u64,
+    /// The last whole image encoded for a follower, by index.
+    full: Option<(u64, Bytes)>,
+}
+
+/// An image read back: the state machine and the snapshot point it stands for.
+pub struct Loaded {
+    pub sm: StateMachine,
+    pub meta: SnapshotMetadata,
+}
+
+impl<F: PageFile> Image<F> {
+    pub fn open(file: F) -> Result<Self, ImageError> {
+        let db = Db::open(file)?;
+        let index = match db.get(STATE_KEY)? {
+            Some(bytes) => {
+                StateImage::decode(&bytes[..]).map_err(|e| invalid("state record", e))?.applied_index
+            }
+            None => 0,
+        };
+        Ok(Image { db, index, full: None })
+    }
+
+    /// The applied index the image on disk stands for (0 when there is none).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Reads the image back into a state machine, or `None` for an empty file.
+    pub fn load(&self, lease_config: LessorConfig) -> Result<Option<Loaded>, ImageError> {
+        let Some(state) = self.db.get(STATE_KEY)? else { return Ok(None) };
+        let state = StateImage::decode(&state[..]).map_err(|e| invalid("state record", e))?;
+        let mut keys: Vec<(Bytes, KeyHistoryImage)> = Vec::new();
+        let lo = [KEY_PREFIX];
+        let hi = [KEY_PREFIX + 1];
+        for item in self.db.range(Bound::Included(&lo[..]), Bound::Excluded(&hi[..])) {
+            let (k, v) = item?;
+            let history = KeyHistoryImage::decode(&v[..]).map_err(|e| invalid("key history", e))?;
+            keys.push((Bytes::copy_from_slice(&k[1..]), history));
+        }
+        let lo = [HASHED_PREFIX];
+        let hi = [HASHED_PREFIX + 1];
+        let mut hashed = false;
+        for item in self.db.range(Bound::Included(&lo[..]), Bound::Excluded(&hi[..])) {
+            let (_, v) = item?;
+            let k = KeyImage::decode(&v[..]).map_err(|e| invalid("long key record", e))?;
+            keys.push((k.key, k.history.unwrap_or_default()));
+            hashed = true;
+        }
+        if hashed {
+            keys.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let meta = SnapshotMetadata {
+            conf_state: state.conf_state.clone(),
+            index: state.applied_index,
+            term: state.applied_term,
+        };
+        let sm = StateMachine::restore(lease_config, &state, keys.into_iter())
+            .map_err(|reason| invalid("contents", reason))?;
+        Ok(Some(Loaded { sm, meta }))
+    }
+
+    /// Brings the image up to `sm`'s applied index (whose term and configuration the caller
+    /// gives): the keys changed since the last save and the state record, in one durable commit.
+    /// A failure leaves the image as it was but the state machine's changed-key set emptied, so
+    /// the caller must stop (as for any storage failure).
+    pub fn save(
+        &mut self,
+        sm: &mut StateMachine,
+        term: u64,
+        conf_state: ConfState,
+    ) -> Result<(), ImageError> {
+        let dirty = sm.store.take_dirty();
+        let state = sm.image_state(term, conf_state);
+        let mut tx = self.db.begin_write()?;
+        for key in dirty {
+            let tk = tree_key(&key);
+            match sm.store.history_image(&key) {
+                Some(h) if tk[0] == KEY_PREFIX => tx.put(&tk, &h.encode_to_vec())?,
+                Some(h) => tx.put(&tk, &KeyImage { key, history: Some(h) }.encode_to_vec())?,
+                None => {
+                    tx.delete(&tk)?;
+                }
+            }
+        }
+        tx.put(STATE_KEY, &state.encode_to_vec())?;
+        tx.commit()?;
+        self.index = state.applied_index;
+        Ok(())
+    }
+
+    /// The whole image as one message (a Raft snapshot's data), read from disk. Cached by
+    /// index, since a leader may send it to several followers.
+    pub fn full(&mut self) -> Result<Bytes, ImageError> {
+        if let Some((index, bytes)) = &self.full {
+            if *index == self.index {
+                return Ok(bytes.clone());
+            }
+        }
+        let Some(state) = self.db.get(STATE_KEY)? else {
+            return Err(invalid("for a follower", "no image has been saved"));
+        };
+        let state = StateImage::decode(&state[..]).map_err(|e| invalid("state record", e))?;
+        let mut keys = Vec::new();
+        for item in self.db.range(Bound::Unbounded, Bound::Unbounded) {
+            let (k, v) = item?;
+            match k.first() {
+                Some(&KEY_PREFIX) => keys.push(KeyImage {
+                    key: Bytes::copy_from_slice(&k[1..]),
+                    history: Some(KeyHistoryImage::decode(&v[..]).map_err(|e| invalid("key history", e))?),
+                }),
+                Some(&HASHED_PREFIX) => {
+                    keys.push(KeyImage::decode(&v[..]).map_err(|e| invalid("long key", e))?)
+                }
+                _ => {}
+            }
+        }
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let bytes = Bytes::from(FullImage { state: Some(state), keys }.encode_to_vec());
+        self.full = Some((self.index, bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// Replaces the image with a leader's (a Raft snapshot's data), durably, and returns the
+    /// state machine it stands for.
+    pub fn install(&mut self, data: &[u8], lease_config: LessorConfig) -> Result<Loaded, ImageError> {
+        let full = FullImage::decode(data).map_err(|e| invalid("from the leader", e))?;
+        let state = full.state.ok_or_else(|| invalid("from the leader", "no state record"))?;
+        let keys: Vec<(Bytes, KeyHistoryImage)> =
+            full.keys.into_iter().map(|k| (k.key, k.history.unwrap_or_default())).collect();
+        let sm = StateMachine::restore(lease_config, &state, keys.iter().cloned())
+            .map_err(|reason| invalid("from the leader", reason))?;
+        let mut tx = self.db.begin_write()?;
+        let old: Vec<Vec<u8>> = tx
+            .range(Bound::Unbounded, Bound::Unbounded)
+            .map(|r| r.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        for k in old {
+            tx.delete(&k)?;
+        }
+        for (key, history) in keys {
+            let tk = tree_key(&key);
+            if tk[0] == KEY_PREFIX {
+                tx.put(&tk, &history.encode_to_vec())?;
+            } else {
+                tx.put(&tk, &KeyImage { key, history: Some(history) }.encode_to_vec())?;
+            }
+        }
+        tx.put(STATE_KEY, &state.encode_to_vec())?;
+        tx.commit()?;
+        self.index = state.applied_index;
+        self.full = None;
+        let meta = SnapshotMetadata {
+            conf_state: state.conf_state.clone(),
+            index: state.applied_index,
+            term: state.applied_term,
+        };
+        Ok(Loaded { sm, meta })
+    }
+
+    /// Bytes the image file occupies.
+    pub fn file_bytes(&self) -> u64 {
+        self.db.stats().file_bytes
+    }
+
+    pub fn db(&self) -> &Db<F> {
+        &self.db
+    }
+}
