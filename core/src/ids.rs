@@ -16,6 +16,21 @@ pub fn member_id(peer_urls: &[String], cluster_token: &str) -> u64 {
     first_u64(&hasher.finalize())
 }
 
+/// The id etcd's MemberAdd gives a new member: the first 8 bytes (big-endian) of SHA-1 over its
+/// peer URLs sorted and concatenated, the cluster name (empty for MemberAdd) and the time in
+/// seconds since the epoch, in decimal (etcd's `computeMemberId` with `now`).
+pub fn new_member_id(peer_urls: &[String], cluster_name: &str, unix_secs: u64) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut hasher = Sha1::new();
+    for url in urls {
+        hasher.update(url.as_bytes());
+    }
+    hasher.update(cluster_name.as_bytes());
+    hasher.update(unix_secs.to_string().as_bytes());
+    first_u64(&hasher.finalize())
+}
+
 /// The cluster's id: the first 8 bytes of SHA-1 over the member ids sorted ascending, each as
 /// 8 big-endian bytes.
 pub fn cluster_id(member_ids: &[u64]) -> u64 {
@@ -49,6 +64,13 @@ mod tests {
         assert_eq!(format!("{infra2:x}"), "91bc3c398fb3c146");
         assert_eq!(format!("{infra3:x}"), "fd422379fda50e48");
         assert_eq!(cluster_id(&[infra3, infra1, infra2]), 17237436991929493444);
+    }
+
+    #[test]
+    fn new_member_id_hashes_the_time_after_the_urls() {
+        let urls = vec!["http://127.0.0.1:2380".to_string()];
+        assert_eq!(new_member_id(&urls, "t", 0), member_id(&urls, "t0"));
+        assert_ne!(new_member_id(&urls, "", 1), new_member_id(&urls, "", 2));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod ids;
 pub mod lease;
+pub mod membership;
 pub mod mvcc;
 pub mod pb;
 #[cfg(feature = "planted-bugs")]

@@ -2,6 +2,7 @@
 //! changes applied to the membership. Deterministic: equal logs give equal states.
 
 use crate::lease::{LeaseError, Lessor, LessorConfig};
+use crate::membership::{MemberError, Membership};
 use crate::mvcc::COMPACT_KEYS_PER_STEP;
 use crate::mvcc::{MvccError, Store};
 use crate::pb::etcdserverpb::{
@@ -9,12 +10,10 @@ use crate::pb::etcdserverpb::{
     LeaseRevokeResponse, Member, PutResponse, TxnResponse,
 };
 use crate::pb::keelpb::{
-    request::Op, ConfChange, ConfChangeType, ConfState, Entry, EntryType, KeyHistoryImage, LeaseImage,
-    Request, StateImage,
+    request::Op, ConfChange, ConfState, Entry, EntryType, KeyHistoryImage, LeaseImage, Request, StateImage,
 };
 use crate::pb::mvccpb::{event::EventType, Event};
 use prost::Message as _;
-use std::collections::BTreeMap;
 
 /// The reply to one applied client write.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,9 +71,10 @@ pub enum Applied {
         result: Result<WriteResponse, ApplyError>,
         events: Vec<crate::pb::mvccpb::Event>,
     },
-    /// A committed configuration change: the driver hands it to Raft
-    /// ([`crate::raft::RawNode::apply_conf_change`]).
-    ConfChange { change: ConfChange },
+    /// A committed configuration change. If the member table took it (`result` is Ok) the
+    /// driver hands it to Raft ([`crate::raft::RawNode::apply_conf_change`]); a rejected one
+    /// changes nothing anywhere, and its proposer (`change.id`) gets the error.
+    ConfChange { change: ConfChange, result: Result<(), MemberError> },
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub enum ApplyError {
 pub struct StateMachine {
     pub store: Store,
     pub lessor: Lessor,
-    members: BTreeMap<u64, Member>,
+    membership: Membership,
     applied_index: u64,
     /// Request ids applied recently (bounded, oldest dropped first). A proposal can reach the
     /// log twice (a forwarded proposal whose message was delivered twice); the second copy
@@ -119,7 +119,7 @@ impl StateMachine {
         StateMachine {
             store: Store::new(),
             lessor: Lessor::new(lease_config),
-            members: BTreeMap::new(),
+            membership: Membership::default(),
             applied_index: 0,
             recent_ids: Default::default(),
             recent_order: Default::default(),
@@ -141,8 +141,9 @@ impl StateMachine {
                 .records()
                 .map(|r| LeaseImage { id: r.id, ttl: r.ttl, remaining_ttl: r.remaining_ttl })
                 .collect(),
-            members: self.members.values().cloned().collect(),
+            members: self.membership.members().cloned().collect(),
             recent_ids: self.recent_order.iter().copied().collect(),
+            removed_members: self.membership.removed().collect(),
         }
     }
 
@@ -177,7 +178,10 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             lessor,
-            members: state.members.iter().map(|m| (m.id, m.clone())).collect(),
+            membership: Membership::restore(
+                state.members.iter().cloned(),
+                state.removed_members.iter().copied(),
+            ),
             applied_index: state.applied_index,
             recent_ids,
             recent_order: state.recent_ids.iter().copied().collect(),
@@ -202,11 +206,15 @@ impl StateMachine {
     }
 
     pub fn member(&self, id: u64) -> Option<&Member> {
-        self.members.get(&id)
+        self.membership.member(id)
     }
 
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values()
+        self.membership.members()
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// Applies one committed entry. `now_ms` (a monotonic clock of this member) only feeds the
@@ -265,7 +273,7 @@ impl StateMachine {
                 Err(e) => Err(ApplyError::Lease(e)),
             },
             Some(Op::MemberAttributes(a)) => {
-                if let Some(m) = self.members.get_mut(&a.id) {
+                if let Some(m) = self.membership.member_mut(a.id) {
                     m.name = a.name.clone();
                     m.client_ur_ls = a.client_urls.clone();
                 }
@@ -290,20 +298,8 @@ impl StateMachine {
     fn apply_conf_change(&mut self, entry: &Entry) -> Applied {
         let cc = ConfChange::decode(entry.data.clone())
             .unwrap_or_else(|e| panic!("committed conf change {} does not decode: {e}", entry.index));
-        match ConfChangeType::try_from(cc.change_type) {
-            Ok(ConfChangeType::AddNode) | Ok(ConfChangeType::AddLearnerNode) => {
-                let mut member = Member::decode(cc.context.clone())
-                    .unwrap_or_else(|e| panic!("conf change {} carries no member record: {e}", entry.index));
-                member.id = cc.node_id;
-                member.is_learner = cc.change_type == ConfChangeType::AddLearnerNode as i32;
-                self.members.insert(cc.node_id, member);
-            }
-            Ok(ConfChangeType::RemoveNode) => {
-                self.members.remove(&cc.node_id);
-            }
-            Err(_) => panic!("conf change {} has unknown type {}", entry.index, cc.change_type),
-        }
-        Applied::ConfChange { change: cc }
+        let result = self.membership.apply(&cc);
+        Applied::ConfChange { change: cc, result }
     }
 }
 
@@ -315,6 +311,7 @@ mod tests {
         RangeRequest,
     };
     use bytes::Bytes;
+    use std::collections::BTreeMap;
 
     fn entry(index: u64, op: Op) -> Entry {
         let data = Request { id: index, op: Some(op) }.encode_to_vec();

@@ -55,6 +55,20 @@ fn tree_key(key: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Merges two streams ordered by key into one.
+fn merge_sorted<A, B>(a: A, b: B) -> impl Iterator<Item = (Bytes, KeyHistoryImage)>
+where
+    A: Iterator<Item = (Bytes, KeyHistoryImage)>,
+    B: Iterator<Item = (Bytes, KeyHistoryImage)>,
+{
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
 /// The durable image on top of one B-tree file.
 pub struct Image<F: PageFile> {
     db: Db<F>,
@@ -91,33 +105,44 @@ impl<F: PageFile> Image<F> {
     pub fn load(&self, lease_config: LessorConfig) -> Result<Option<Loaded>, ImageError> {
         let Some(state) = self.db.get(STATE_KEY)? else { return Ok(None) };
         let state = StateImage::decode(&state[..]).map_err(|e| invalid("state record", e))?;
-        let mut keys: Vec<(Bytes, KeyHistoryImage)> = Vec::new();
-        let lo = [KEY_PREFIX];
-        let hi = [KEY_PREFIX + 1];
-        for item in self.db.range(Bound::Included(&lo[..]), Bound::Excluded(&hi[..])) {
-            let (k, v) = item?;
-            let history = KeyHistoryImage::decode(&v[..]).map_err(|e| invalid("key history", e))?;
-            keys.push((Bytes::copy_from_slice(&k[1..]), history));
-        }
-        let lo = [HASHED_PREFIX];
-        let hi = [HASHED_PREFIX + 1];
-        let mut hashed = false;
+        // Long keys (stored by hash) are rare: read them first and merge them into the ordered
+        // stream of the others, so the store is built in one pass.
+        let mut long: Vec<(Bytes, KeyHistoryImage)> = Vec::new();
+        let (lo, hi) = ([HASHED_PREFIX], [HASHED_PREFIX + 1]);
         for item in self.db.range(Bound::Included(&lo[..]), Bound::Excluded(&hi[..])) {
             let (_, v) = item?;
-            let k = KeyImage::decode(&v[..]).map_err(|e| invalid("long key record", e))?;
-            keys.push((k.key, k.history.unwrap_or_default()));
-            hashed = true;
+            let k = KeyImage::decode(Bytes::from(v)).map_err(|e| invalid("long key record", e))?;
+            long.push((k.key, k.history.unwrap_or_default()));
         }
-        if hashed {
-            keys.sort_by(|a, b| a.0.cmp(&b.0));
-        }
+        long.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut failure: Option<ImageError> = None;
+        let (lo, hi) = ([KEY_PREFIX], [KEY_PREFIX + 1]);
+        let short = self.db.range(Bound::Included(&lo[..]), Bound::Excluded(&hi[..])).map_while(|item| {
+            let decoded = item.map_err(ImageError::from).and_then(|(k, v)| {
+                // Decoding from an owned buffer lets the values share it instead of copying.
+                let history =
+                    KeyHistoryImage::decode(Bytes::from(v)).map_err(|e| invalid("key history", e))?;
+                Ok((Bytes::from(k).slice(1..), history))
+            });
+            match decoded {
+                Ok(kv) => Some(kv),
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            }
+        });
+        let keys = merge_sorted(short, long.into_iter());
         let meta = SnapshotMetadata {
             conf_state: state.conf_state.clone(),
             index: state.applied_index,
             term: state.applied_term,
         };
-        let sm = StateMachine::restore(lease_config, &state, keys.into_iter())
-            .map_err(|reason| invalid("contents", reason))?;
+        let restored = StateMachine::restore(lease_config, &state, keys);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let sm = restored.map_err(|reason| invalid("contents", reason))?;
         Ok(Some(Loaded { sm, meta }))
     }
 

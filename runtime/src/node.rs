@@ -13,14 +13,16 @@ use keel_core::lease::{
     LeaseError, TimeToLive, CHECKPOINT_LIMIT, DEFAULT_CHECKPOINT_INTERVAL_MS, EXPIRED_LIMIT,
     EXPIRY_POLL_INTERVAL_MS,
 };
+use keel_core::membership::MemberError;
 use keel_core::mvcc::MvccError;
 use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
-use keel_core::pb::keelpb::{request::Op, MessageType, Request};
+use keel_core::pb::keelpb::{request::Op, ConfChange, ConfChangeType, MessageType, Request};
 use keel_core::raft::{MemStorage, Message, ProposeError, RawNode, StateRole};
 use keel_core::state_machine::{Applied, ApplyError, StateMachine, WriteResponse};
 use prost::Message as _;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,9 +37,18 @@ pub const PENDING_WRITES_MAX: usize = 16 * 1024;
 pub const PENDING_READS_MAX: usize = 16 * 1024;
 /// Ticks after which an unanswered ReadIndex is asked again (5 heartbeats, 500 ms by default).
 pub const READ_RETRY_TICKS: u64 = 5;
+/// Bound on membership changes waiting to apply (Raft takes one at a time anyway).
+pub const PENDING_MEMBER_CHANGES_MAX: usize = 64;
+/// etcd promotes a learner only once its log reaches 90% of the leader's (`readyPercent`).
+pub const LEARNER_READY_PERCENT: u64 = 90;
 /// How long a client waits for its write to apply or its read to be served (etcd: 5 s plus
 /// two election timeouts with defaults).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Why the node task stops when this member applied its own removal (etcd's words).
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+
+type MemberWaiter = (Option<Member>, oneshot::Sender<Result<MembersChanged, RequestError>>);
 
 /// Failures a client sees; the server maps them to etcd's gRPC codes and messages.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -56,6 +67,66 @@ pub enum RequestError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Member(#[from] MemberError),
+    /// Only the leader can do this (a learner's promotion): the caller forwards it.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+}
+
+/// A membership change a client asked for (etcd's Cluster service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A new member at `peer_urls` (sorted); `unix_secs` feeds its id as in etcd.
+    Add {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+        unix_secs: u64,
+    },
+    Remove {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+    Promote {
+        id: u64,
+    },
+}
+
+/// An applied membership change: the member added (for Add) and every member after it.
+#[derive(Debug, Clone)]
+pub struct MembersChanged {
+    pub header: ResponseHeader,
+    pub member: Option<Member>,
+    pub members: Vec<Member>,
+}
+
+/// The membership as this member has applied it, published on every change.
+#[derive(Debug, Clone, Default)]
+pub struct MembersView {
+    pub members: Vec<Member>,
+    pub removed: BTreeSet<u64>,
+}
+
+/// Starts the peer transport's sender for a member at a URL and returns its bounded queue.
+pub type ConnectFn = dyn Fn(u64, &str) -> mpsc::Sender<Message> + Send + Sync;
+
+/// How the node reaches the other members: it opens a sender per member of the configuration
+/// it has applied (and drops those removed), so the transport follows membership changes.
+#[derive(Clone)]
+pub struct Transport {
+    pub connect: Arc<ConnectFn>,
+    /// Members to reach before this member has applied its own addition (a joining member
+    /// learns them from the cluster; a bootstrapping one from `--initial-cluster`).
+    pub initial_peers: Vec<Member>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("initial_peers", &self.initial_peers).finish_non_exhaustive()
+    }
 }
 
 /// A point-in-time view of the node, for Status and MemberList.
@@ -122,6 +193,10 @@ enum Command {
     LeaseLeases {
         reply: oneshot::Sender<(ResponseHeader, Vec<i64>)>,
     },
+    ChangeMembers {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<MembersChanged, RequestError>>,
+    },
 }
 
 /// The store's hash at a revision (etcd's HashKV).
@@ -139,6 +214,7 @@ pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
     pub member_id: u64,
     pub cluster_id: u64,
+    members: watch::Receiver<Arc<MembersView>>,
 }
 
 impl NodeHandle {
@@ -233,6 +309,21 @@ impl NodeHandle {
         rx.await.map_err(|_| RequestError::Stopped)
     }
 
+    /// Proposes a membership change and waits for it to apply, at most [`REQUEST_TIMEOUT`].
+    pub async fn change_members(&self, change: MemberChange) -> Result<MembersChanged, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::ChangeMembers { change, reply }).await.map_err(|_| RequestError::Stopped)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(r) => r.map_err(|_| RequestError::Stopped)?,
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+
+    /// The membership as applied here, updated on every change.
+    pub fn members(&self) -> watch::Receiver<Arc<MembersView>> {
+        self.members.clone()
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Status { reply }).await.map_err(|_| RequestError::Stopped)?;
@@ -248,9 +339,9 @@ pub struct DriverConfig {
     pub election_timeout: Duration,
     /// Quiet time after which a watcher that asked for progress notifications gets one.
     pub watch_progress_interval: Duration,
-    /// Bounded queues to the peer transport, by member id. A full queue drops the message:
-    /// Raft retransmits what matters.
-    pub outbox: HashMap<u64, mpsc::Sender<Message>>,
+    /// The peer transport (none for a member that runs alone and never gains peers, such as
+    /// under the simulator's single node).
+    pub transport: Option<Transport>,
     /// Where this boot's request ids start: `(start time in ms, low 40 bits) << 8`.
     pub id_base: u64,
     /// This member's name and client URLs, published through the log once a leader exists.
@@ -272,6 +363,16 @@ struct Driver<D: Dir, F: PageFile> {
     sm: StateMachine,
     /// Proposals by request id, waiting for their entry to apply.
     writes: HashMap<u64, oneshot::Sender<Result<WriteResponse, RequestError>>>,
+    /// Membership changes by request id, waiting to apply, with the member an Add adds.
+    member_changes: HashMap<u64, MemberWaiter>,
+    /// Bounded queues to the peer transport by member id, with the URL each sender uses. A
+    /// full queue drops the message: Raft retransmits what matters. Invariant: holds exactly
+    /// the other members of the applied configuration (plus the initial peers until this
+    /// member's own addition is applied).
+    outbox: HashMap<u64, (String, mpsc::Sender<Message>)>,
+    members_tx: watch::Sender<Arc<MembersView>>,
+    /// This member applied its own removal: it stops.
+    removed: bool,
     /// Reads collected in this batch; they share one ReadIndex.
     new_reads: Vec<RangeReply>,
     /// Read batches by ReadIndex context, waiting for their read state.
@@ -299,7 +400,8 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
     let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE_MAX);
-    let handle = NodeHandle { tx, member_id: cfg.member_id, cluster_id: cfg.cluster_id };
+    let (members_tx, members) = watch::channel(Arc::new(MembersView::default()));
+    let handle = NodeHandle { tx, member_id: cfg.member_id, cluster_id: cfg.cluster_id, members };
     let cfg_tick_ms = cfg.tick.as_millis() as u64;
     let mut d = Driver {
         cfg,
@@ -307,6 +409,10 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         storage: recovered.storage,
         sm: recovered.sm,
         writes: HashMap::new(),
+        member_changes: HashMap::new(),
+        outbox: HashMap::new(),
+        members_tx,
+        removed: false,
         new_reads: Vec::new(),
         reads_by_ctx: HashMap::new(),
         read_issued: HashMap::new(),
@@ -319,6 +425,16 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         ticks: 0,
         ticks_per_second: (1000 / cfg_tick_ms.max(1)).max(1),
     };
+    d.membership_changed();
+    {
+        // The only voter elects itself at once instead of waiting out an election timeout: no
+        // other member can hold a vote or a lease it must wait for.
+        use keel_core::raft::Storage as _;
+        let voters = d.node.store().initial_state().1.voters;
+        if voters == [d.cfg.member_id] {
+            d.node.campaign();
+        }
+    }
     let join = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(d.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -361,6 +477,10 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
             if let Err(e) = d.drain_ready() {
                 tracing::error!(error = %e, "stopping the node: the WAL failed");
                 return Err(e);
+            }
+            if d.removed {
+                tracing::warn!("the member has been permanently removed from the cluster");
+                return Err(REMOVED.to_string());
             }
         }
     });
@@ -441,6 +561,37 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                     self.new_reads.push((req, reply));
                 }
             }
+            Command::ChangeMembers { change, reply } => {
+                if self.member_changes.len() >= PENDING_MEMBER_CHANGES_MAX {
+                    let _ = reply.send(Err(RequestError::TooManyRequests));
+                    return;
+                }
+                let id = self.next_id();
+                match self.member_conf_change(change, id) {
+                    Ok((cc, member)) => match self.node.propose_conf_change(&cc) {
+                        Ok(()) => {
+                            self.member_changes.insert(id, (member, reply));
+                        }
+                        Err(ProposeError::NotLeader | ProposeError::NotMember) => {
+                            let _ = reply.send(Err(RequestError::NoLeader));
+                        }
+                        Err(ProposeError::TransferInProgress) => {
+                            let _ = reply.send(Err(RequestError::LeaderChanged));
+                        }
+                        // etcd's Raft turns a change proposed while another is pending into an
+                        // empty entry, and its client times out; say so at once.
+                        Err(ProposeError::ConfChangePending) => {
+                            let _ = reply.send(Err(RequestError::Timeout));
+                        }
+                        Err(ProposeError::UncommittedLimit) => {
+                            let _ = reply.send(Err(RequestError::TooManyRequests));
+                        }
+                    },
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             Command::LeaseKeepAlive { id, reply } => {
                 let now = self.now_ms();
                 let _ = reply.send((self.header(), self.sm.lessor.renew(id, now)));
@@ -474,6 +625,103 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                     members: self.sm.members().cloned().collect(),
                 });
             }
+        }
+    }
+
+    /// etcd's checks before proposing a membership change (`mayAddMember`, `mayRemoveMember`,
+    /// `mayPromoteMember`), then the change to propose, with request id `id`. The rules every
+    /// member checks when applying it are [`keel_core::membership::Membership::apply`]'s.
+    fn member_conf_change(
+        &self,
+        change: MemberChange,
+        id: u64,
+    ) -> Result<(ConfChange, Option<Member>), RequestError> {
+        let ms = self.sm.membership();
+        let conf = |change_type: ConfChangeType, node_id: u64, context: Vec<u8>| ConfChange {
+            change_type: change_type as i32,
+            node_id,
+            context: context.into(),
+            id,
+            promote: false,
+        };
+        match change {
+            MemberChange::Add { peer_urls, is_learner, unix_secs } => {
+                if !is_learner && !ms.ready_to_add_voter() {
+                    return Err(MemberError::NotEnoughStarted.into());
+                }
+                let node_id = keel_core::ids::new_member_id(&peer_urls, "", unix_secs);
+                let member = Member { id: node_id, peer_ur_ls: peer_urls, is_learner, ..Default::default() };
+                let change_type =
+                    if is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+                Ok((conf(change_type, node_id, member.encode_to_vec()), Some(member)))
+            }
+            MemberChange::Remove { id: node_id } => {
+                let learner = ms.member(node_id).is_some_and(|m| m.is_learner);
+                if !learner && !ms.ready_to_remove_voter(node_id) {
+                    return Err(MemberError::NotEnoughStarted.into());
+                }
+                Ok((conf(ConfChangeType::RemoveNode, node_id, Vec::new()), None))
+            }
+            MemberChange::Update { id: node_id, peer_urls } => {
+                let member = Member { id: node_id, peer_ur_ls: peer_urls, ..Default::default() };
+                Ok((conf(ConfChangeType::UpdateNode, node_id, member.encode_to_vec()), None))
+            }
+            MemberChange::Promote { id: node_id } => {
+                // Only the leader knows how far the learner's log is (etcd's isLearnerReady);
+                // like etcd, a member that is not (or is unknown) passes, and the rules at
+                // apply time say why it cannot be promoted.
+                if self.node.role() != StateRole::Leader {
+                    return Err(RequestError::NotLeader);
+                }
+                let progress = self.node.progress();
+                if let (Some(pr), Some(lead)) = (progress.get(&node_id), progress.get(&self.node.id())) {
+                    if pr.matched * 100 < lead.matched * LEARNER_READY_PERCENT {
+                        return Err(MemberError::LearnerNotReady.into());
+                    }
+                }
+                if !ms.ready_to_promote() {
+                    return Err(MemberError::NotEnoughStarted.into());
+                }
+                let mut cc = conf(ConfChangeType::AddNode, node_id, Vec::new());
+                cc.promote = true;
+                Ok((cc, None))
+            }
+        }
+    }
+
+    /// After the applied configuration changed: follow it with the peer transport, and publish
+    /// it.
+    fn membership_changed(&mut self) {
+        let ms = self.sm.membership();
+        self.members_tx.send_replace(Arc::new(MembersView {
+            members: ms.members().cloned().collect(),
+            removed: ms.removed().collect(),
+        }));
+        let Some(transport) = &self.cfg.transport else { return };
+        let mut want: BTreeMap<u64, String> = BTreeMap::new();
+        if ms.member(self.cfg.member_id).is_none() {
+            // Not yet in the configuration it applied (a joining member catching up): keep
+            // reaching the members it was told of, the leader among them.
+            for m in &transport.initial_peers {
+                if let Some(url) = m.peer_ur_ls.first() {
+                    want.insert(m.id, url.clone());
+                }
+            }
+        }
+        for m in ms.members() {
+            if let Some(url) = m.peer_ur_ls.first() {
+                want.insert(m.id, url.clone());
+            }
+        }
+        want.remove(&self.cfg.member_id);
+        // Dropping a queue ends its sender once it has sent what is queued.
+        self.outbox.retain(|id, (url, _)| want.get(id) == Some(url));
+        for (id, url) in want {
+            self.outbox.entry(id).or_insert_with(|| {
+                tracing::info!(peer = %format!("{id:x}"), %url, "peer added to the transport");
+                let tx = (transport.connect)(id, &url);
+                (url, tx)
+            });
         }
     }
 
@@ -572,11 +820,11 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
     fn drain_ready(&mut self) -> Result<(), String> {
         while self.node.has_ready() {
             let now = self.now_ms();
-            let outbox = &self.cfg.outbox;
+            let outbox = &self.outbox;
             let mut snapshots = Vec::new();
             let mut send = |m: Message| {
                 let (to, snapshot) = (m.to, m.msg_type == MessageType::MsgSnap as i32);
-                let queued = outbox.get(&m.to).is_some_and(|tx| tx.try_send(m).is_ok());
+                let queued = outbox.get(&m.to).is_some_and(|(_, tx)| tx.try_send(m).is_ok());
                 if snapshot {
                     snapshots.push((to, !queued));
                 }
@@ -587,10 +835,15 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                 // Queued for the peer (or not): the leader waits for the follower's answer.
                 self.node.report_snapshot(to, failed);
             }
+            let mut members_changed = outcome.installed.is_some();
             if outcome.installed.is_some() {
                 self.hub.desync_all();
             }
             for (_, effect) in outcome.applied {
+                if let Applied::ConfChange { change, result } = &effect {
+                    members_changed |= result.is_ok();
+                    self.conf_change_applied(change, *result);
+                }
                 if let Applied::Write { request_id, result, events } = effect {
                     if !events.is_empty() {
                         let revision = events[0].kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -628,10 +881,30 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                 }
             }
             self.serve_ready_reads();
+            if members_changed {
+                self.membership_changed();
+            }
         }
         maybe_checkpoint(&mut self.node, &mut self.storage, &mut self.sm, self.cfg.snapshot_count)
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Answers the proposer of an applied membership change; notes this member's removal.
+    fn conf_change_applied(&mut self, change: &ConfChange, result: Result<(), MemberError>) {
+        if let Some((member, reply)) = self.member_changes.remove(&change.id) {
+            let reply_value = result.map_err(RequestError::from).map(|()| MembersChanged {
+                // etcd's Cluster service headers carry no revision.
+                header: ResponseHeader { revision: 0, ..self.header() },
+                member,
+                members: self.sm.members().cloned().collect(),
+            });
+            let _ = reply.send(reply_value);
+        }
+        let removal = change.change_type == ConfChangeType::RemoveNode as i32;
+        if result.is_ok() && removal && change.node_id == self.cfg.member_id {
+            self.removed = true;
+        }
     }
 
     fn serve_ready_reads(&mut self) {
@@ -670,6 +943,7 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
     /// nobody reads, so that lost proposals or read points cannot pile up to the bounds.
     fn purge_abandoned(&mut self) {
         self.writes.retain(|_, reply| !reply.is_closed());
+        self.member_changes.retain(|_, (_, reply)| !reply.is_closed());
         for batch in self.reads_by_ctx.values_mut().chain(self.reads_by_index.values_mut()) {
             batch.retain(|(_, reply)| !reply.is_closed());
         }

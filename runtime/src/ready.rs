@@ -95,7 +95,8 @@ pub fn handle_ready<D: Dir, F: PageFile>(
     let mut applied = Vec::with_capacity(rd.committed_entries.len());
     for entry in &rd.committed_entries {
         let effect = sm.apply(entry, now_ms);
-        if let Applied::ConfChange { change } = &effect {
+        // A change the member table refused changes nothing in Raft either.
+        if let Applied::ConfChange { change, result: Ok(()) } = &effect {
             let cs = node.apply_conf_change(change);
             node.store_mut().set_conf_state(cs);
         }

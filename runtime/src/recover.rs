@@ -1,14 +1,16 @@
 //! Starting a node from its WAL: a fresh data directory is bootstrapped with the initial
-//! cluster, an existing one is replayed. Shared by the tokio driver and the simulator.
+//! cluster (or, for a member joining a running cluster, left empty for the leader to fill), an
+//! existing one is replayed. Shared by the tokio driver and the simulator.
 
 use crate::backend::Dir;
 use crate::btree::PageFile;
 use crate::image::{Image, ImageError};
 use crate::ready::Storage;
 use crate::wal::{Wal, WalError, WalOptions};
+use keel_core::membership::Membership;
 use keel_core::pb::etcdserverpb::Member;
-use keel_core::pb::keelpb::{ConfChange, ConfChangeType, EntryType, WalMetadata};
-use keel_core::raft::{bootstrap, ConfState, Config, MemStorage, RawNode, Snapshot};
+use keel_core::pb::keelpb::{ConfChange, EntryType, WalMetadata};
+use keel_core::raft::{bootstrap, Config, MemStorage, RawNode, Snapshot};
 use keel_core::state_machine::StateMachine;
 use prost::Message as _;
 use thiserror::Error;
@@ -38,6 +40,10 @@ pub struct Identity {
     pub name: String,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// The members a new cluster starts with: a fresh data directory's log begins with one
+    /// configuration entry per member. Empty for a member joining a running cluster
+    /// (`--initial-cluster-state existing`): its log starts empty and the leader replicates
+    /// the cluster's log (or its snapshot) to it, configuration included.
     pub initial_members: Vec<Member>,
 }
 
@@ -58,9 +64,18 @@ pub fn recover<D: Dir, F: PageFile>(
     raft: Config,
     lease_config: keel_core::lease::LessorConfig,
 ) -> Result<Recovered<D, F>, RecoverError> {
+    let started = std::time::Instant::now();
     let image = Image::open(image_file)?;
     let (mut wal, replayed) = Wal::open(wal_dir, wal_options)?;
+    let wal_ms = started.elapsed().as_millis() as u64;
     let loaded = image.load(lease_config)?;
+    tracing::info!(
+        wal_ms,
+        image_ms = started.elapsed().as_millis() as u64 - wal_ms,
+        wal_entries = replayed.entries.len(),
+        image_index = loaded.as_ref().map_or(0, |l| l.meta.index),
+        "read the WAL and the state image"
+    );
     let image_index = loaded.as_ref().map_or(0, |l| l.meta.index);
     let wal_start = replayed.snapshot.as_ref().map_or(0, |s| s.index);
     if image_index < wal_start {
@@ -73,7 +88,10 @@ pub fn recover<D: Dir, F: PageFile>(
         None => {
             let members: Vec<(u64, Vec<u8>)> =
                 id.initial_members.iter().map(|m| (m.id, m.encode_to_vec())).collect();
-            let (hs, entries) = bootstrap(&members);
+            let (hs, entries) = match members.is_empty() {
+                true => Default::default(),
+                false => bootstrap(&members),
+            };
             wal.append_metadata(&WalMetadata {
                 member_id: id.member_id,
                 cluster_id: id.cluster_id,
@@ -97,16 +115,14 @@ pub fn recover<D: Dir, F: PageFile>(
         }
     };
     let mut store = MemStorage::new();
-    // The configuration as of the image, then as changed by conf changes committed after it.
+    // The configuration as of the image, then as changed by conf changes committed after it,
+    // checked by the same rules as when they are applied (a refused change changes nothing).
     // Those after the known commit index may still be replaced by a new leader, so they count
     // only once committed (and applied) again.
-    let mut voters: Vec<u64> = Vec::new();
-    let mut learners: Vec<u64> = Vec::new();
+    let mut membership = Membership::default();
     if let Some(l) = &loaded {
         store.apply_snapshot(Snapshot { metadata: Some(l.meta.clone()), data: Default::default() });
-        let cs = l.meta.conf_state.clone().unwrap_or_default();
-        voters = cs.voters;
-        learners = cs.learners;
+        membership = l.sm.membership().clone();
     }
     let entries: Vec<_> = entries.into_iter().filter(|e| e.index > image_index).collect();
     if let Some(first) = entries.first() {
@@ -120,24 +136,9 @@ pub fn recover<D: Dir, F: PageFile>(
         entries.iter().filter(|e| e.entry_type == EntryType::EntryConfChange as i32 && e.index <= committed)
     {
         let cc = ConfChange::decode(e.data.clone()).expect("a conf change entry in the WAL decodes");
-        match ConfChangeType::try_from(cc.change_type) {
-            Ok(ConfChangeType::AddNode) => {
-                learners.retain(|v| *v != cc.node_id);
-                if !voters.contains(&cc.node_id) {
-                    voters.push(cc.node_id)
-                }
-            }
-            Ok(ConfChangeType::AddLearnerNode) if !learners.contains(&cc.node_id) => {
-                learners.push(cc.node_id)
-            }
-            Ok(ConfChangeType::RemoveNode) => {
-                voters.retain(|v| *v != cc.node_id);
-                learners.retain(|v| *v != cc.node_id);
-            }
-            _ => {}
-        }
+        let _ = membership.apply(&cc);
     }
-    store.set_conf_state(ConfState { voters, learners });
+    store.set_conf_state(membership.conf_state());
     // The commit index may lag what is durable (it is synced lazily); it never exceeds it, and
     // never falls below what the image has applied.
     let mut hs = hard_state;

@@ -153,6 +153,11 @@ fn decode_record(buf: &[u8]) -> Result<Option<Record<'_>>, String> {
     Ok(Some(Record { crc, prev_crc, kind, payload: &buf[HEADER_BYTES..HEADER_BYTES + len], size }))
 }
 
+/// The record decoder, for fuzzing: any bytes give `Ok` or `Err`, never a panic.
+pub fn fuzz_decode_record(bytes: &[u8]) -> Result<bool, String> {
+    decode_record(bytes).map(|r| r.is_some())
+}
+
 /// Appends one record chained to `prev_crc`; returns its crc.
 fn encode_record(out: &mut Vec<u8>, kind: Kind, payload: &[u8], prev_crc: u32) -> u32 {
     assert!(payload.len() <= RECORD_BYTES_MAX, "record of {} bytes over the bound", payload.len());

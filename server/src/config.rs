@@ -90,8 +90,6 @@ pub enum ConfigError {
         "--initial-cluster has {name}={cluster:?} but --initial-advertise-peer-urls has {advertised:?}; they must match"
     )]
     PeerUrlsMismatch { name: String, cluster: Vec<String>, advertised: Vec<String> },
-    #[error("--initial-cluster-state=existing (joining a running cluster) is not supported yet (issue #7)")]
-    Existing,
     #[error("--heartbeat-interval must be positive and --election-timeout at least 2x it")]
     Timeouts,
     #[error("cannot resolve {0:?}")]
@@ -108,6 +106,9 @@ pub struct Resolved {
     pub member_id: u64,
     pub cluster_id: u64,
     pub initial_members: Vec<Member>,
+    /// `--initial-cluster-state existing`: this member joins a running cluster, which assigned
+    /// its id at MemberAdd (the ids above are then not its own: ask the cluster).
+    pub join: bool,
     /// Where to listen for peers (only bound when the cluster has other members).
     pub peer_addrs: Vec<SocketAddr>,
 }
@@ -143,9 +144,6 @@ impl Config {
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
         if self.heartbeat_interval == 0 || self.election_timeout < 2 * self.heartbeat_interval {
             return Err(ConfigError::Timeouts);
-        }
-        if self.initial_cluster_state == "existing" {
-            return Err(ConfigError::Existing);
         }
         let advertise_peer_urls = split_urls(&self.initial_advertise_peer_urls);
         for u in &advertise_peer_urls {
@@ -213,6 +211,7 @@ impl Config {
             member_id,
             cluster_id,
             initial_members,
+            join: self.initial_cluster_state == "existing",
             peer_addrs,
         })
     }

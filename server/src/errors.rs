@@ -1,6 +1,7 @@
 //! etcd's client-facing errors: the gRPC code and exact message clients match on.
 
 use keel_core::lease::LeaseError;
+use keel_core::membership::MemberError;
 use keel_core::mvcc::MvccError;
 use keel_core::state_machine::ApplyError;
 use runtime::node::RequestError;
@@ -12,6 +13,7 @@ pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
 pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 
 pub fn invalid(msg: &str) -> Status {
     Status::new(Code::InvalidArgument, msg)
@@ -46,5 +48,22 @@ pub fn request_status(e: RequestError) -> Status {
         RequestError::Mvcc(m) | RequestError::Apply(ApplyError::Mvcc(m)) => mvcc_status(m),
         RequestError::Apply(ApplyError::Unsupported(_)) => Status::new(Code::Unimplemented, e.to_string()),
         RequestError::Apply(ApplyError::Lease(l)) => lease_status(l),
+        RequestError::Member(m) => member_status(m),
+        RequestError::NotLeader => Status::new(Code::FailedPrecondition, e.to_string()),
     }
+}
+
+/// etcd's `togRPCError` for membership errors.
+pub fn member_status(e: &MemberError) -> Status {
+    let code = match e {
+        MemberError::Removed | MemberError::NotFound => Code::NotFound,
+        MemberError::BadUrls => Code::InvalidArgument,
+        MemberError::Exists
+        | MemberError::PeerUrlExists
+        | MemberError::NotLearner
+        | MemberError::TooManyLearners
+        | MemberError::NotEnoughStarted
+        | MemberError::LearnerNotReady => Code::FailedPrecondition,
+    };
+    Status::new(code, e.to_string())
 }

@@ -19,10 +19,11 @@ pub use config::{Config, ConfigError};
 
 use keel_core::pb::etcdserverpb::Member;
 use runtime::backend::{FileBackend, FsDir};
-use runtime::node::{self, DriverConfig, NodeHandle};
+use runtime::node::{self, ConnectFn, DriverConfig, NodeHandle, Transport, REMOVED};
 use runtime::recover::{recover, Identity};
 use runtime::wal::WalOptions;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -47,6 +48,8 @@ pub enum RunError {
     Listen { addr: SocketAddr, source: tonic::transport::Error },
     #[error("node stopped: {0}")]
     Node(String),
+    #[error("cannot join the cluster (--initial-cluster-state existing): {0}")]
+    Join(String),
 }
 
 /// Runs a node until `shutdown` turns true or something fails.
@@ -67,80 +70,100 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     std::fs::create_dir_all(&snap_dir).map_err(data_err)?;
     let image_file = FileBackend::open(&snap_dir.join("db")).map_err(data_err)?;
     FsDir::open(&snap_dir).and_then(|mut d| runtime::backend::Dir::sync(&mut d)).map_err(data_err)?;
-    let identity = Identity {
-        name: config.name.clone(),
-        member_id: resolved.member_id,
-        cluster_id: resolved.cluster_id,
-        initial_members: resolved.initial_members.clone(),
+    // A joining member's id is the one the cluster gave it at MemberAdd: ask the members named
+    // in --initial-cluster for it by this member's peer URLs (as etcd does at start). Its log
+    // starts empty; the leader sends it the cluster's.
+    let (member_id, cluster_id, initial_members, initial_peers) = if resolved.join {
+        let urls: Vec<String> =
+            resolved.initial_members.iter().flat_map(|m| m.peer_ur_ls.iter().cloned()).collect();
+        let (id, cluster_id, members) =
+            peer::fetch_cluster(&urls, &resolved.advertise_peer_urls).await.map_err(RunError::Join)?;
+        (id, cluster_id, Vec::new(), members)
+    } else {
+        let members = resolved.initial_members.clone();
+        (resolved.member_id, resolved.cluster_id, members.clone(), members)
     };
+    let identity = Identity { name: config.name.clone(), member_id, cluster_id, initial_members };
     let heartbeat_ms = config.heartbeat_interval.max(1);
-    let mut raft = keel_core::raft::Config::new(resolved.member_id, seed_from_clock());
+    let mut raft = keel_core::raft::Config::new(member_id, seed_from_clock());
     raft.election_ticks = (config.election_timeout / heartbeat_ms).max(2) as u32;
     let election_ticks = raft.election_ticks as u64;
     let lease_config = keel_core::lease::LessorConfig {
         min_ttl_secs: keel_core::lease::min_ttl_secs(election_ticks, heartbeat_ms),
         ..Default::default()
     };
+    let recovering = std::time::Instant::now();
     let recovered = recover(wal_fs, WalOptions::default(), image_file, &identity, raft, lease_config)?;
     tracing::info!(
+        elapsed_ms = recovering.elapsed().as_millis() as u64,
+        applied_index = recovered.sm.applied_index(),
+        keys_revision = recovered.sm.store.revision(),
+        "recovered the state image and the WAL"
+    );
+    tracing::info!(
         name = %config.name,
-        member_id = %format!("{:x}", resolved.member_id),
-        cluster_id = %format!("{:x}", resolved.cluster_id),
+        member_id = %format!("{:x}", member_id),
+        cluster_id = %format!("{:x}", cluster_id),
         data_dir = %resolved.data_dir.display(),
         fresh = recovered.fresh,
         "starting keel"
     );
-    // The other members and where to reach them; a single-member cluster has no transport.
-    let peers: std::collections::HashMap<u64, String> = resolved
-        .initial_members
-        .iter()
-        .filter(|m| m.id != resolved.member_id)
-        .map(|m| (m.id, m.peer_ur_ls[0].clone()))
-        .collect();
-    let outbox = peer::start_senders(&peers);
+    // The node opens a sender per other member as the membership it applies says; a peer
+    // telling this member it was removed stops it.
+    let (removed_tx, mut removed_rx) = watch::channel(false);
+    let on_removed: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        removed_tx.send_replace(true);
+    });
+    let connect: Arc<ConnectFn> = Arc::new(move |id, url| peer::start_sender(id, url, on_removed.clone()));
     let start_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let driver = DriverConfig {
-        outbox,
+        transport: Some(Transport { connect, initial_peers }),
         id_base: (start_ms & ((1 << 40) - 1)) << 8,
         name: config.name.clone(),
         client_urls: resolved.advertise_client_urls.clone(),
         tick: Duration::from_millis(heartbeat_ms),
         election_timeout: Duration::from_millis(config.election_timeout),
         watch_progress_interval: config.watch_progress_notify_interval,
-        member_id: resolved.member_id,
-        cluster_id: resolved.cluster_id,
+        member_id,
+        cluster_id,
         snapshot_count: config.snapshot_count,
     };
     let (handle, node_task) = node::spawn(recovered, driver, shutdown.clone());
     let self_member = Member {
-        id: resolved.member_id,
+        id: member_id,
         name: config.name.clone(),
         peer_ur_ls: resolved.advertise_peer_urls.clone(),
         client_ur_ls: resolved.advertise_client_urls.clone(),
         is_learner: false,
     };
     // One lease id generator for every client listener, so their ids never collide.
-    let lease_ids = std::sync::Arc::new(std::sync::Mutex::new(keel_core::lease::LeaseIdGen::new(
-        resolved.member_id,
-        start_ms,
-    )));
+    let lease_ids =
+        std::sync::Arc::new(std::sync::Mutex::new(keel_core::lease::LeaseIdGen::new(member_id, start_ms)));
     let mut servers = Vec::new();
-    if !peers.is_empty() {
-        for addr in resolved.peer_addrs.clone() {
-            let svc = peer::peer_server!(handle.clone());
-            let signal = stopped(shutdown.clone());
-            servers.push(tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_shutdown(addr, signal)
-                    .await
-                    .map_err(|source| RunError::Listen { addr, source })
-            }));
+    for addr in resolved.peer_addrs.clone() {
+        let node = handle.clone();
+        let signal = stopped(shutdown.clone());
+        let join = resolved.join;
+        servers.push(tokio::spawn(async move {
+            // A member alone in its cluster binds its peer port only once it gains a peer (etcd
+            // binds it at once): until then another process may use the port (the differential
+            // tests run etcd and Keel with one peer URL, so that their ids are equal).
+            let mut members = node.members();
+            while !join && members.borrow_and_update().members.len() < 2 {
+                if members.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
             tracing::info!(%addr, "serving peers");
-        }
+            tonic::transport::Server::builder()
+                .add_service(peer::peer_server!(node))
+                .serve_with_shutdown(addr, signal)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })
+        }));
     }
     for addr in resolved.client_addrs.clone() {
         let svc = services::Services::new(
@@ -159,7 +182,20 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         }));
         tracing::info!(%addr, "serving client requests");
     }
-    let node_result = wait_node(node_task, handle).await;
+    let removed = async move {
+        while !*removed_rx.borrow_and_update() {
+            if removed_rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let node_result = tokio::select! {
+        r = wait_node(node_task, handle) => r,
+        () = removed => {
+            tracing::warn!("{REMOVED}");
+            Ok(())
+        }
+    };
     for s in servers {
         s.abort();
     }
@@ -181,6 +217,11 @@ async fn wait_node(
 ) -> Result<(), RunError> {
     match task.await {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e == REMOVED => {
+            // As etcd, a removed member exits cleanly; its last replies get a moment to leave.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(())
+        }
         Ok(Err(e)) => Err(RunError::Node(e)),
         Err(e) => Err(RunError::Node(format!("node task panicked: {e}"))),
     }

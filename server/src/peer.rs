@@ -1,14 +1,23 @@
 //! The peer transport: Raft messages between members over gRPC (`keelpb.Raft/Send`), in
 //! batches. One sender task per peer drains a bounded queue, batches what is waiting, and sends
 //! it; on failure it drops the batch (Raft retransmits what matters) and reconnects with
-//! backoff. The receiving side hands batches to the node task.
+//! backoff. The receiving side hands batches to the node task. The node starts and drops
+//! senders as members are added and removed ([`runtime::node::Transport`]).
+//!
+//! The same service answers two membership questions: the members (`keelpb.Raft/Members`, for a
+//! member joining with `--initial-cluster-state existing`) and a learner's promotion forwarded
+//! to the leader (`keelpb.Raft/Promote`). A removed member's messages are refused with etcd's
+//! words, and a member told so stops, as etcd's does on HTTP 410.
 
 use crate::pb::keelpb::raft_client::RaftClient;
 use crate::pb::keelpb::raft_server::Raft;
-use crate::pb::keelpb::{MessageBatch, SendResponse};
+use crate::pb::keelpb::{
+    MembersRequest, MembersResponse, MessageBatch, PromoteRequest, PromoteResponse, SendResponse,
+};
+use keel_core::pb::etcdserverpb::Member;
 use keel_core::raft::{Message, MessageType};
-use runtime::node::NodeHandle;
-use std::collections::HashMap;
+use runtime::node::{MemberChange, NodeHandle, REMOVED};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -31,6 +40,10 @@ pub(crate) struct PeerService {
 impl Raft for PeerService {
     async fn send(&self, request: Request<MessageBatch>) -> Result<Response<SendResponse>, Status> {
         let batch = request.into_inner();
+        let members = self.node.members();
+        if batch.messages.iter().any(|m| members.borrow().removed.contains(&m.from)) {
+            return Err(Status::failed_precondition(REMOVED));
+        }
         // Peers are not authenticated yet: drop what is malformed rather than let it reach the
         // node (a proposal without entries, a snapshot without metadata).
         let messages: Vec<Message> = batch
@@ -46,6 +59,74 @@ impl Raft for PeerService {
         self.node.step(messages).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         Ok(Response::new(SendResponse {}))
     }
+
+    async fn members(&self, _r: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        let s = self.node.status().await.map_err(crate::errors::request_status)?;
+        Ok(Response::new(MembersResponse { cluster_id: self.node.cluster_id, members: s.members }))
+    }
+
+    async fn promote(&self, r: Request<PromoteRequest>) -> Result<Response<PromoteResponse>, Status> {
+        let id = r.into_inner().id;
+        let changed = self
+            .node
+            .change_members(MemberChange::Promote { id })
+            .await
+            .map_err(crate::errors::request_status)?;
+        Ok(Response::new(PromoteResponse { members: changed.members }))
+    }
+}
+
+async fn connect(url: &str) -> Result<RaftClient<Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5));
+    let ch = endpoint.connect().await.map_err(|e| e.to_string())?;
+    Ok(RaftClient::new(ch).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+}
+
+/// What a joining member learns from the running cluster: its id, the cluster's, and the
+/// members, asked of the first member (by peer URL) that answers, as etcd asks at start.
+pub(crate) async fn fetch_cluster(
+    peer_urls: &[String],
+    own_peer_urls: &[String],
+) -> Result<(u64, u64, Vec<Member>), String> {
+    let mut errors = Vec::new();
+    for url in peer_urls.iter().filter(|u| !own_peer_urls.contains(u)) {
+        let resp = match connect(url).await {
+            Ok(mut c) => c.members(MembersRequest {}).await.map_err(|e| e.message().to_string()),
+            Err(e) => Err(e),
+        };
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                errors.push(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        let mut own = own_peer_urls.to_vec();
+        own.sort();
+        let me = resp.members.iter().find(|m| {
+            let mut urls = m.peer_ur_ls.clone();
+            urls.sort();
+            urls == own
+        });
+        return match me {
+            Some(m) => Ok((m.id, resp.cluster_id, resp.members.clone())),
+            None => Err(format!(
+                "the cluster (asked at {url}) has no member with peer URLs {own_peer_urls:?}; \
+                 add it first (etcdctl member add)"
+            )),
+        };
+    }
+    Err(format!("cannot fetch the cluster's members from any peer URL in --initial-cluster: {errors:?}"))
+}
+
+/// Forwards a learner's promotion to the leader at `leader_url`; etcd's errors come back as
+/// they are.
+pub(crate) async fn forward_promote(leader_url: &str, id: u64) -> Result<Vec<Member>, Status> {
+    let mut c = connect(leader_url).await.map_err(Status::unavailable)?;
+    Ok(c.promote(PromoteRequest { id }).await?.into_inner().members)
 }
 
 /// The peer service, ready to serve (its type differs under the simulator, hence a macro).
@@ -57,18 +138,25 @@ macro_rules! peer_server {
 }
 pub(crate) use peer_server;
 
-/// Starts a sender task per peer; returns the queues the node task writes to.
-pub(crate) fn start_senders(peers: &HashMap<u64, String>) -> HashMap<u64, mpsc::Sender<Message>> {
-    let mut outbox = HashMap::new();
-    for (&id, url) in peers {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-        outbox.insert(id, tx);
-        tokio::spawn(sender(id, url.clone(), rx));
-    }
-    outbox
+/// Starts a sender task for the peer `id` at `url`; returns the queue the node task writes to.
+/// The task ends once the queue is dropped and drained. `on_removed` runs if the peer says
+/// this member was removed from the cluster.
+pub(crate) fn start_sender(
+    id: u64,
+    url: &str,
+    on_removed: Arc<dyn Fn() + Send + Sync>,
+) -> mpsc::Sender<Message> {
+    let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+    tokio::spawn(sender(id, url.to_string(), rx, on_removed));
+    tx
 }
 
-async fn sender(peer: u64, url: String, mut rx: mpsc::Receiver<Message>) {
+async fn sender(
+    peer: u64,
+    url: String,
+    mut rx: mpsc::Receiver<Message>,
+    on_removed: Arc<dyn Fn() + Send + Sync>,
+) {
     let mut client: Option<RaftClient<Channel>> = None;
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = rx.recv().await {
@@ -102,6 +190,11 @@ async fn sender(peer: u64, url: String, mut rx: mpsc::Receiver<Message>) {
         }
         let c = client.as_mut().expect("connected");
         if let Err(e) = c.send(MessageBatch { messages }).await {
+            if e.code() == tonic::Code::FailedPrecondition && e.message() == REMOVED {
+                tracing::warn!(peer = %format!("{peer:x}"), "{REMOVED}");
+                on_removed();
+                return;
+            }
             tracing::debug!(peer = %format!("{peer:x}"), error = %e, "peer send failed");
             client = None;
         }

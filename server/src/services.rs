@@ -15,7 +15,7 @@ use keel_core::lease::{LeaseError, LeaseIdGen, MAX_LEASE_TTL_SECS};
 use keel_core::mvcc::txn_keys_disjoint;
 use keel_core::pb::keelpb::request::Op;
 use keel_core::state_machine::WriteResponse;
-use runtime::node::NodeHandle;
+use runtime::node::{MemberChange, NodeHandle, RequestError};
 use runtime::watch::{WatchSpec, WatchUpdate};
 use std::pin::Pin;
 use tonic::transport::Channel;
@@ -290,24 +290,66 @@ impl Maintenance for Services {
     }
 }
 
+/// etcd's `types.NewURLs` as MemberAdd uses it: at least one URL, each `scheme://host:port`
+/// with scheme http, https, unix or unixs and no path; sorted.
+fn member_urls(urls: &[String]) -> Result<Vec<String>, Status> {
+    let bad = || Status::invalid_argument(errors::MEMBER_BAD_URLS);
+    if urls.is_empty() {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(urls.len());
+    for u in urls {
+        let u = u.trim();
+        let (scheme, rest) = u.split_once("://").ok_or_else(bad)?;
+        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+            return Err(bad());
+        }
+        if scheme.starts_with("http") {
+            let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+            if host.is_empty() && port.is_empty() || port.contains('/') {
+                return Err(bad());
+            }
+        } else if rest.contains('/') {
+            return Err(bad());
+        }
+        out.push(u.to_string());
+    }
+    out.sort();
+    Ok(out)
+}
+
 #[tonic::async_trait]
 impl Cluster for Services {
-    async fn member_add(&self, _r: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented("MemberAdd", 7))
+    async fn member_add(&self, r: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let r = r.into_inner();
+        let peer_urls = member_urls(&r.peer_ur_ls)?;
+        let unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let change = MemberChange::Add { peer_urls, is_learner: r.is_learner, unix_secs };
+        let c = self.node.change_members(change).await.map_err(request_status)?;
+        Ok(Response::new(MemberAddResponse { header: Some(c.header), member: c.member, members: c.members }))
     }
 
     async fn member_remove(
         &self,
-        _r: Request<MemberRemoveRequest>,
+        r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unimplemented("MemberRemove", 7))
+        let change = MemberChange::Remove { id: r.into_inner().id };
+        let c = self.node.change_members(change).await.map_err(request_status)?;
+        Ok(Response::new(MemberRemoveResponse { header: Some(c.header), members: c.members }))
     }
 
     async fn member_update(
         &self,
-        _r: Request<MemberUpdateRequest>,
+        r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(unimplemented("MemberUpdate", 7))
+        // etcd does not check the new URLs' form here (only that no other member has them).
+        let r = r.into_inner();
+        let change = MemberChange::Update { id: r.id, peer_urls: r.peer_ur_ls };
+        let c = self.node.change_members(change).await.map_err(request_status)?;
+        Ok(Response::new(MemberUpdateResponse { header: Some(c.header), members: c.members }))
     }
 
     async fn member_list(
@@ -331,11 +373,43 @@ impl Cluster for Services {
         Ok(Response::new(MemberListResponse { header: Some(header), members }))
     }
 
+    /// Only the leader knows whether the learner is in sync, so a follower forwards the
+    /// promotion to it (on its peer URL), as etcd does, until it is answered or time runs out.
     async fn member_promote(
         &self,
-        _r: Request<MemberPromoteRequest>,
+        r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unimplemented("MemberPromote", 7))
+        let id = r.into_inner().id;
+        let deadline = tokio::time::Instant::now() + runtime::node::REQUEST_TIMEOUT;
+        loop {
+            match self.node.change_members(MemberChange::Promote { id }).await {
+                Ok(c) => {
+                    return Ok(Response::new(MemberPromoteResponse {
+                        header: Some(c.header),
+                        members: c.members,
+                    }))
+                }
+                Err(RequestError::NotLeader) => {}
+                Err(e) => return Err(request_status(e)),
+            }
+            let s = self.node.status().await.map_err(request_status)?;
+            let leader_url = s.members.iter().find(|m| m.id == s.leader && s.leader != self.node.member_id);
+            if let Some(url) = leader_url.and_then(|m| m.peer_ur_ls.first()) {
+                match crate::peer::forward_promote(url, id).await {
+                    Ok(members) => {
+                        let header = ResponseHeader { revision: 0, ..s.header };
+                        return Ok(Response::new(MemberPromoteResponse { header: Some(header), members }));
+                    }
+                    // The leader could not be reached or moved: ask again.
+                    Err(e) if e.code() == tonic::Code::Unavailable => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(request_status(RequestError::Timeout));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -321,22 +321,42 @@ impl Store {
         if current < 1 || compacted < 0 || compacted > current {
             return Err(format!("revisions out of order: current {current}, compacted {compacted}"));
         }
-        let mut histories = Vec::new();
-        for (key, image) in keys {
-            if histories.last().is_some_and(|(last, _): &(Bytes, KeyHistory)| *last >= key) {
-                return Err(format!("keys out of order at {key:?}"));
-            }
-            let h = KeyHistory::from_image(&key, image)?;
-            if h.last_main() > current {
-                return Err(format!(
-                    "{key:?} changed at revision {} after the current {current}",
-                    h.last_main()
-                ));
-            }
-            histories.push((key, h));
+        let mut failure = None;
+        let mut last: Option<Bytes> = None;
+        // Built in one pass from the ordered stream; the first problem ends it.
+        let histories: BTreeMap<Bytes, KeyHistory> = keys
+            .map_while(|(key, image)| {
+                let checked = if last.as_ref().is_some_and(|l| *l >= key) {
+                    Err(format!("keys out of order at {key:?}"))
+                } else {
+                    KeyHistory::from_image(&key, image).and_then(|h| {
+                        if h.last_main() > current {
+                            Err(format!(
+                                "{key:?} changed at revision {} after the current {current}",
+                                h.last_main()
+                            ))
+                        } else {
+                            Ok(h)
+                        }
+                    })
+                };
+                match checked {
+                    Ok(h) => {
+                        last = Some(key.clone());
+                        Some((key, h))
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        None
+                    }
+                }
+            })
+            .collect();
+        if let Some(e) = failure {
+            return Err(e);
         }
         Ok(Store {
-            keys: histories.into_iter().collect(),
+            keys: histories,
             current,
             compacted,
             compact_cursor,

@@ -1039,6 +1039,8 @@ impl<S: Storage> Raft<S> {
                     pr.recent_active = true;
                 }
             }
+            // New peer URLs are the cluster layer's business; Raft's configuration stays.
+            Ok(ConfChangeType::UpdateNode) => {}
             Ok(ConfChangeType::RemoveNode) => {
                 self.voters.remove(&id);
                 self.learners.remove(&id);

@@ -185,6 +185,7 @@ pub fn bootstrap(members: &[(u64, Vec<u8>)]) -> (HardState, Vec<Entry>) {
                 change_type: ConfChangeType::AddNode as i32,
                 node_id: *id,
                 context: context.clone().into(),
+                ..Default::default()
             }
             .encode_to_vec()
             .into(),

@@ -173,3 +173,39 @@ fn advancing_a_stale_ready_is_misuse() {
     node.advance(Ready::default());
     drop(a);
 }
+
+/// Applies every committed configuration change as a driver does; returns the last state.
+fn drive_conf(node: &mut RawNode<MemStorage>) -> ConfState {
+    while node.has_ready() {
+        let rd = node.ready();
+        node.store_mut().append(&rd.entries);
+        if let Some(hs) = &rd.hard_state {
+            node.store_mut().set_hard_state(*hs);
+        }
+        for e in rd.committed_entries.iter().filter(|e| e.entry_type == EntryType::EntryConfChange as i32) {
+            let cc = <ConfChange as prost::Message>::decode(e.data.clone()).unwrap();
+            let cs = node.apply_conf_change(&cc);
+            node.store_mut().set_conf_state(cs);
+        }
+        node.advance(rd);
+    }
+    node.conf_state()
+}
+
+/// etcd's promotion is an AddNode for a learner: it becomes a voter (and stops being a learner);
+/// an UpdateNode (new peer URLs) leaves Raft's configuration as it is.
+#[test]
+fn promote_is_add_node_of_a_learner_and_update_changes_nothing() {
+    let mut node = leader();
+    let cc = |t: ConfChangeType| ConfChange { change_type: t as i32, node_id: 2, ..Default::default() };
+    node.propose_conf_change(&cc(ConfChangeType::AddLearnerNode)).unwrap();
+    assert_eq!(drive_conf(&mut node), ConfState { voters: vec![1], learners: vec![2] });
+    assert!(node.progress()[&2].is_learner);
+    node.propose_conf_change(&cc(ConfChangeType::UpdateNode)).unwrap();
+    assert_eq!(drive_conf(&mut node), ConfState { voters: vec![1], learners: vec![2] });
+    node.propose_conf_change(&cc(ConfChangeType::AddNode)).unwrap();
+    // Two voters, one of which never answers: the promotion commits under the old config (1
+    // voter), and from then on node 1 alone can commit nothing.
+    assert_eq!(drive_conf(&mut node), ConfState { voters: vec![1, 2], learners: vec![] });
+    assert!(!node.progress()[&2].is_learner);
+}

@@ -46,6 +46,7 @@ fn describe_cc(cc: &ConfChange) -> String {
         Ok(ConfChangeType::AddNode) => "v",
         Ok(ConfChangeType::AddLearnerNode) => "l",
         Ok(ConfChangeType::RemoveNode) => "r",
+        Ok(ConfChangeType::UpdateNode) => "u",
         Err(_) => "?",
     };
     format!("{t}{}", cc.node_id)
@@ -389,7 +390,7 @@ pub fn conf_change(kind: &str, node: u64) -> ConfChange {
         "remove" | "r" => ConfChangeType::RemoveNode,
         other => panic!("unknown conf change {other}"),
     };
-    ConfChange { change_type: change_type as i32, node_id: node, context: Bytes::new() }
+    ConfChange { change_type: change_type as i32, node_id: node, context: Bytes::new(), ..Default::default() }
 }
 
 /// The storage the tests read directly (first index, terms) for a node that is up.
