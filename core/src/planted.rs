@@ -11,6 +11,9 @@ pub const ACK_BEFORE_FSYNC: u32 = 2;
 /// A leader answers ReadIndex at once with its local commit index: no heartbeat round
 /// confirming it still leads, and no wait for an entry of its own term to commit (§6.4).
 pub const READ_WITHOUT_QUORUM: u32 = 4;
+/// A new term or vote is written to the WAL but not synced before the vote (or anything else)
+/// is sent: only new entries force a sync.
+pub const VOTE_NOT_SYNCED: u32 = 8;
 
 static ACTIVE: AtomicU32 = AtomicU32::new(0);
 

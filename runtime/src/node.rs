@@ -37,6 +37,8 @@ pub const PENDING_WRITES_MAX: usize = 16 * 1024;
 pub const PENDING_READS_MAX: usize = 16 * 1024;
 /// Ticks after which an unanswered ReadIndex is asked again (5 heartbeats, 500 ms by default).
 pub const READ_RETRY_TICKS: u64 = 5;
+/// Bound on snapshot requests waiting for the image to be saved (each save serves them all).
+pub const PENDING_SNAPSHOTS_MAX: usize = 16;
 /// Bound on membership changes waiting to apply (Raft takes one at a time anyway).
 pub const PENDING_MEMBER_CHANGES_MAX: usize = 64;
 /// etcd promotes a learner only once its log reaches 90% of the leader's (`readyPercent`).
@@ -140,6 +142,8 @@ pub struct NodeStatus {
     pub wal_bytes: u64,
     /// Bytes of the state machine's image file (etcd's backend database size).
     pub db_bytes: u64,
+    /// Bytes of the image file's pages in use (neither free nor beyond the high-water mark).
+    pub db_in_use_bytes: u64,
     pub members: Vec<Member>,
 }
 
@@ -197,6 +201,19 @@ enum Command {
         change: MemberChange,
         reply: oneshot::Sender<Result<MembersChanged, RequestError>>,
     },
+    /// The whole state as of now: the image is saved first (a checkpoint), then read.
+    Snapshot {
+        reply: oneshot::Sender<Result<StateSnapshot, RequestError>>,
+    },
+}
+
+/// The state machine's whole image (an encoded `keelpb.FullImage`) as of `header`, for
+/// Maintenance.Snapshot and Hash.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot {
+    pub header: ResponseHeader,
+    pub applied_index: u64,
+    pub image: bytes::Bytes,
 }
 
 /// The store's hash at a revision (etcd's HashKV).
@@ -324,6 +341,17 @@ impl NodeHandle {
         self.members.clone()
     }
 
+    /// Saves the state machine's image now and returns it whole (the node task reads it once;
+    /// the caller streams it).
+    pub async fn snapshot(&self) -> Result<StateSnapshot, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Snapshot { reply }).await.map_err(|_| RequestError::Stopped)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(r) => r.map_err(|_| RequestError::Stopped)?,
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Status { reply }).await.map_err(|_| RequestError::Stopped)?;
@@ -390,6 +418,8 @@ struct Driver<D: Dir, F: PageFile> {
     ticks: u64,
     /// Ticks per (progress-notification) second.
     ticks_per_second: u64,
+    /// Snapshot requests, served after the batch's Ready by one save of the image.
+    snapshot_waiters: Vec<oneshot::Sender<Result<StateSnapshot, RequestError>>>,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -424,6 +454,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         last_lease_poll_ms: 0,
         ticks: 0,
         ticks_per_second: (1000 / cfg_tick_ms.max(1)).max(1),
+        snapshot_waiters: Vec::new(),
     };
     d.membership_changed();
     {
@@ -474,7 +505,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
                 }
             }
             d.issue_read_index();
-            if let Err(e) = d.drain_ready() {
+            if let Err(e) = d.drain_ready().and_then(|()| d.serve_snapshots()) {
                 tracing::error!(error = %e, "stopping the node: the WAL failed");
                 return Err(e);
             }
@@ -592,6 +623,13 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                     }
                 }
             }
+            Command::Snapshot { reply } => {
+                if self.snapshot_waiters.len() >= PENDING_SNAPSHOTS_MAX {
+                    let _ = reply.send(Err(RequestError::TooManyRequests));
+                } else {
+                    self.snapshot_waiters.push(reply);
+                }
+            }
             Command::LeaseKeepAlive { id, reply } => {
                 let now = self.now_ms();
                 let _ = reply.send((self.header(), self.sm.lessor.renew(id, now)));
@@ -622,10 +660,38 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                     raft_applied_index: self.node.applied(),
                     wal_bytes: self.storage.wal.len(),
                     db_bytes: self.storage.image.file_bytes(),
+                    db_in_use_bytes: {
+                        let stats = self.storage.image.db().stats();
+                        (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64
+                    },
                     members: self.sm.members().cloned().collect(),
                 });
             }
         }
+    }
+
+    /// Serves the waiting snapshot requests: a checkpoint brings the image up to the applied
+    /// index (the same save, WAL record and log compaction as a periodic one, so the image and
+    /// the log's snapshot point stay equal), then the image is read once for all of them. A
+    /// storage failure stops the node, as in [`Self::drain_ready`].
+    fn serve_snapshots(&mut self) -> Result<(), String> {
+        if self.snapshot_waiters.is_empty() {
+            return Ok(());
+        }
+        maybe_checkpoint(&mut self.node, &mut self.storage, &mut self.sm, 1).map_err(|e| e.to_string())?;
+        let applied_index = self.storage.image.index();
+        let image = match self.storage.image.full() {
+            Ok(image) => Ok(StateSnapshot { header: self.header(), applied_index, image }),
+            // Reading failed but nothing was written: the node can go on; the clients are told.
+            Err(e) => {
+                tracing::error!(error = %e, "reading the state image for a snapshot failed");
+                Err(RequestError::Timeout)
+            }
+        };
+        for reply in self.snapshot_waiters.drain(..) {
+            let _ = reply.send(image.clone());
+        }
+        Ok(())
     }
 
     /// etcd's checks before proposing a membership change (`mayAddMember`, `mayRemoveMember`,

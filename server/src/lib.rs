@@ -14,6 +14,7 @@ pub mod pb;
 mod peer;
 mod recipes;
 mod services;
+pub mod snapshot;
 
 pub use config::{Config, ConfigError};
 

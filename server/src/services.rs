@@ -1,6 +1,7 @@
 //! The gRPC services. Each handler validates as etcd does, then hands the request to the node.
 
 use crate::errors::{self, invalid, request_status};
+use crate::pb::etcdserverpb::auth_server::{Auth, AuthServer};
 use crate::pb::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
 use crate::pb::etcdserverpb::lease_client::LeaseClient;
@@ -10,13 +11,16 @@ use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::etcdserverpb::*;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
+use crate::snapshot;
 use futures::{Stream, StreamExt};
 use keel_core::lease::{LeaseError, LeaseIdGen, MAX_LEASE_TTL_SECS};
 use keel_core::mvcc::txn_keys_disjoint;
 use keel_core::pb::keelpb::request::Op;
 use keel_core::state_machine::WriteResponse;
+use prost::Message as _;
 use runtime::node::{MemberChange, NodeHandle, RequestError};
 use runtime::watch::{WatchSpec, WatchUpdate};
+use sha2::{Digest, Sha256};
 use std::pin::Pin;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -60,6 +64,7 @@ impl Services {
             .add_service(MaintenanceServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(AuthServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(LockServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ElectionServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max));
@@ -76,6 +81,7 @@ impl Services {
             .add_service(MaintenanceServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(AuthServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(LockServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ElectionServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max))
@@ -115,6 +121,11 @@ impl Services {
             Some(request_op::Request::RequestTxn(t)) => self.check_txn(t),
             _ => Ok(()),
         }
+    }
+
+    /// The header etcd's Auth service answers with: this member's, at the current revision.
+    async fn auth_header(&self) -> Result<ResponseHeader, Status> {
+        Ok(self.node.status().await.map_err(request_status)?.header)
     }
 
     async fn write(&self, op: Op) -> Result<WriteResponse, Status> {
@@ -214,30 +225,41 @@ impl Maintenance for Services {
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.node.status().await.map_err(request_status)?;
-        let db_size = s.db_bytes as i64;
+        let is_learner = s.members.iter().any(|m| m.id == self.node.member_id && m.is_learner);
+        // etcd reports a missing leader among the errors (alarms would join it; none exist).
+        let errors = if s.leader == 0 { vec!["etcdserver: no leader".to_string()] } else { Vec::new() };
         Ok(Response::new(StatusResponse {
             header: Some(s.header),
             version: crate::ETCD_VERSION.to_string(),
-            db_size,
+            db_size: s.db_bytes as i64,
             leader: s.leader,
             raft_index: s.raft_index,
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
-            errors: Vec::new(),
-            db_size_in_use: db_size,
-            is_learner: false,
+            errors,
+            db_size_in_use: s.db_in_use_bytes as i64,
+            is_learner,
         }))
     }
 
+    /// The B-tree reuses freed pages but never gives them back to the file system, so there is
+    /// nothing to compact; like etcd, the answer carries no header.
     async fn defragment(
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(unimplemented("Defragment", 5))
+        self.node.status().await.map_err(request_status)?;
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
+    /// The whole state's hash (etcd hashes its whole database): Keel's crc32 over every key's
+    /// history as the image stores it, then the current and compacted revisions and the
+    /// members. It is the same on every member that has applied the same index.
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unimplemented("Hash", 4))
+        let snap = self.node.snapshot().await.map_err(request_status)?;
+        let image = keel_core::pb::keelpb::FullImage::decode(snap.image)
+            .map_err(|e| Status::data_loss(format!("keel: the state image does not decode: {e}")))?;
+        Ok(Response::new(HashResponse { header: Some(snap.header), hash: image_hash(&image) }))
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -252,8 +274,35 @@ impl Maintenance for Services {
 
     type SnapshotStream = SnapshotStream;
 
+    /// The state as of now (the image is saved first), in [`snapshot::CHUNK_BYTES`] chunks,
+    /// then the SHA-256 of all of them as the last message, as etcd 3.5 sends its database.
+    /// Chunks are made as the client reads them: memory beyond the image is one chunk or two.
     async fn snapshot(&self, _r: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Snapshot", 5))
+        let snap = self.node.snapshot().await.map_err(request_status)?;
+        let payload = snapshot::Payload::new(snap.image, snap.applied_index);
+        tracing::info!(
+            total_bytes = payload.len(),
+            index = snap.applied_index,
+            "sending a snapshot to a client"
+        );
+        type State = (snapshot::Payload, u64, Option<Sha256>);
+        let start: State = (payload, 0, Some(Sha256::new()));
+        let out = futures::stream::unfold(start, |(p, sent, hasher)| async move {
+            let mut hasher = hasher?;
+            let total = p.len();
+            if sent == total {
+                let digest = hasher.finalize().to_vec();
+                let last = SnapshotResponse { blob: digest.into(), ..Default::default() };
+                return Some((Ok(last), (p, sent, None)));
+            }
+            let blob = p.chunk(sent, snapshot::CHUNK_BYTES);
+            hasher.update(&blob);
+            let sent = sent + blob.len() as u64;
+            let resp =
+                SnapshotResponse { remaining_bytes: total - sent, blob: blob.into(), ..Default::default() };
+            Some((Ok(resp), (p, sent, Some(hasher))))
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn move_leader(
@@ -288,6 +337,26 @@ impl Maintenance for Services {
     async fn downgrade(&self, _r: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(unimplemented("Downgrade", 7))
     }
+}
+
+/// [`Maintenance::hash`]'s crc32 over the parts of an image that every member has alike (not
+/// the request ids kept for de-duplication, nor lease deadlines, which are local).
+fn image_hash(image: &keel_core::pb::keelpb::FullImage) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for k in &image.keys {
+        h.update(&(k.key.len() as u64).to_le_bytes());
+        h.update(&k.key);
+        h.update(&k.history.as_ref().map(|x| x.encode_to_vec()).unwrap_or_default());
+    }
+    if let Some(state) = &image.state {
+        h.update(&state.current_revision.to_le_bytes());
+        h.update(&state.compacted_revision.to_le_bytes());
+        for m in &state.members {
+            h.update(&m.id.to_le_bytes());
+            h.update(m.peer_ur_ls.join(",").as_bytes());
+        }
+    }
+    h.finalize()
 }
 
 /// etcd's `types.NewURLs` as MemberAdd uses it: at least one URL, each `scheme://host:port`
@@ -410,6 +479,165 @@ impl Cluster for Services {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// etcd's auth errors that an empty, disabled auth store can give.
+const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
+const ROOT_USER_NOT_EXIST: &str = "etcdserver: root user does not exist";
+const USER_EMPTY: &str = "etcdserver: user name is empty";
+const USER_NOT_FOUND: &str = "etcdserver: user name not found";
+const ROLE_EMPTY: &str = "etcdserver: role name is empty";
+const ROLE_NOT_FOUND: &str = "etcdserver: role name not found";
+/// etcd's auth store revision before any auth change.
+const AUTH_REVISION: u64 = 1;
+
+fn user_not_found() -> Status {
+    Status::failed_precondition(USER_NOT_FOUND)
+}
+
+fn role_not_found() -> Status {
+    Status::failed_precondition(ROLE_NOT_FOUND)
+}
+
+/// The Auth service as etcd answers it while authentication has never been enabled and no user
+/// or role exists. Keel cannot store users or roles yet, so it can never leave that state:
+/// everything that reads or changes a user or role answers exactly as etcd does about one that
+/// does not exist, and only adding one (which etcd would do) answers `Unimplemented`.
+#[tonic::async_trait]
+impl Auth for Services {
+    async fn auth_enable(
+        &self,
+        _r: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        Err(Status::failed_precondition(ROOT_USER_NOT_EXIST))
+    }
+
+    async fn auth_disable(
+        &self,
+        _r: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let header = self.auth_header().await?;
+        Ok(Response::new(AuthDisableResponse { header: Some(header) }))
+    }
+
+    async fn auth_status(
+        &self,
+        _r: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        let header = self.auth_header().await?;
+        Ok(Response::new(AuthStatusResponse {
+            header: Some(header),
+            enabled: false,
+            auth_revision: AUTH_REVISION,
+        }))
+    }
+
+    /// etcd's clients take this answer as "no token needed" and go on without one.
+    async fn authenticate(
+        &self,
+        _r: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        Err(Status::failed_precondition(AUTH_NOT_ENABLED))
+    }
+
+    async fn user_add(
+        &self,
+        r: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        if r.get_ref().name.is_empty() {
+            return Err(invalid(USER_EMPTY));
+        }
+        Err(unimplemented("storing users", 7))
+    }
+
+    async fn user_get(
+        &self,
+        _r: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        Err(user_not_found())
+    }
+
+    async fn user_list(
+        &self,
+        _r: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        let header = self.auth_header().await?;
+        Ok(Response::new(AuthUserListResponse { header: Some(header), users: Vec::new() }))
+    }
+
+    async fn user_delete(
+        &self,
+        _r: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        Err(user_not_found())
+    }
+
+    async fn user_change_password(
+        &self,
+        _r: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        Err(user_not_found())
+    }
+
+    async fn user_grant_role(
+        &self,
+        _r: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        Err(user_not_found())
+    }
+
+    async fn user_revoke_role(
+        &self,
+        _r: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        Err(user_not_found())
+    }
+
+    async fn role_add(
+        &self,
+        r: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        if r.get_ref().name.is_empty() {
+            return Err(invalid(ROLE_EMPTY));
+        }
+        Err(unimplemented("storing roles", 7))
+    }
+
+    async fn role_get(
+        &self,
+        _r: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        Err(role_not_found())
+    }
+
+    async fn role_list(
+        &self,
+        _r: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        let header = self.auth_header().await?;
+        Ok(Response::new(AuthRoleListResponse { header: Some(header), roles: Vec::new() }))
+    }
+
+    async fn role_delete(
+        &self,
+        _r: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        Err(role_not_found())
+    }
+
+    async fn role_grant_permission(
+        &self,
+        _r: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        Err(role_not_found())
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        _r: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        Err(role_not_found())
     }
 }
 

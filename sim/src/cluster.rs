@@ -176,8 +176,11 @@ impl Cluster {
         let image_file = dir.open("db").expect("sim open");
         dir.sync().expect("sim dir sync");
         let Recovered { node, storage, sm, .. } =
-            recover(disk, wal_options, image_file, &identity(id, self.n), cfg, Default::default())
-                .unwrap_or_else(|e| panic!("SIM_SEED={}: node {id} cannot recover: {e}", self.seed));
+            recover(disk.clone(), wal_options, image_file, &identity(id, self.n), cfg, Default::default())
+                .unwrap_or_else(|e| {
+                    let listing = runtime::wal::dump(&mut disk.clone());
+                    panic!("SIM_SEED={}: node {id} cannot recover: {e}\n{listing}", self.seed)
+                });
         self.nodes.insert(
             id,
             Some(SimNode {

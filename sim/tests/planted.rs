@@ -30,6 +30,7 @@ fn planted_bugs_are_caught() {
     for (name, bug) in [
         ("acknowledging before fsync", planted::ACK_BEFORE_FSYNC),
         ("ReadIndex without a quorum round or the first-entry-of-term rule", planted::READ_WITHOUT_QUORUM),
+        ("a vote sent before it is synced", planted::VOTE_NOT_SYNCED),
     ] {
         let seed = first_failing_seed(bug, budget, 3000);
         eprintln!("{name}: caught by seed {seed:?}");

@@ -198,9 +198,13 @@ impl<S: Storage> RawNode<S> {
         let max = self.raft.apply_bytes_max();
         let entries = self.raft.log.unstable.entries.clone();
         let hard_state = (hs != self.prev_hard_state).then_some(hs);
+        #[cfg(feature = "planted-bugs")]
+        let vote_synced = !crate::planted::active(crate::planted::VOTE_NOT_SYNCED);
+        #[cfg(not(feature = "planted-bugs"))]
+        let vote_synced = true;
         let must_sync = !entries.is_empty()
-            || hs.term != self.prev_hard_state.term
-            || hs.vote != self.prev_hard_state.vote
+            || (vote_synced
+                && (hs.term != self.prev_hard_state.term || hs.vote != self.prev_hard_state.vote))
             || self.raft.log.unstable.snapshot.is_some();
         Ready {
             number: self.ready_count,
