@@ -199,6 +199,19 @@ pub fn dump<D: Dir>(dir: &mut D) -> String {
     out
 }
 
+/// The length of `buf` up to and including its last non-zero byte (0 if all zero), scanning
+/// backwards eight bytes at a time.
+fn last_nonzero_end(buf: &[u8]) -> usize {
+    let mut end = buf.len();
+    while end >= 8 && buf[end - 8..end] == [0; 8] {
+        end -= 8;
+    }
+    while end > 0 && buf[end - 1] == 0 {
+        end -= 1;
+    }
+    end
+}
+
 /// The record decoder, for fuzzing: any bytes give `Ok` or `Err`, never a panic.
 pub fn fuzz_decode_record(bytes: &[u8]) -> Result<bool, String> {
     decode_record(bytes).map(|r| r.is_some())
@@ -567,9 +580,11 @@ fn scan_segment<F: Backend>(
         }
     }
     if newest {
-        // Past the end of the chain: is there a batch that was made durable after it?
+        // Past the end of the chain: is there a batch that was made durable after it? Only the
+        // bytes up to the last non-zero one can hold a record (the rest is preallocated zeros).
+        let dirty_end = offset + last_nonzero_end(&buf[offset..]);
         let mut at = offset + 8;
-        while at + HEADER_BYTES <= buf.len() {
+        while at < dirty_end {
             if let Ok(Some(r)) = decode_record(&buf[at..]) {
                 if r.kind == Kind::Commit && r.payload.len() == 8 {
                     let seq = u64::from_le_bytes(r.payload.try_into().expect("8 bytes"));
@@ -591,8 +606,8 @@ fn scan_segment<F: Backend>(
             return Ok(None);
         }
         // Zero whatever an unfinished batch left behind, so no stale bytes follow new records.
-        if let Some(last_nonzero) = buf[offset..].iter().rposition(|b| *b != 0) {
-            let dirty = last_nonzero + 1;
+        if dirty_end > offset {
+            let dirty = dirty_end - offset;
             tracing::warn!(file = %file, offset, bytes = dirty, "zeroing a torn WAL tail");
             segment.file.write_at(offset as u64, &vec![0; dirty]).map_err(io_err(&file))?;
             segment.file.sync().map_err(io_err(&file))?;

@@ -41,6 +41,11 @@ pub struct Faults {
     /// Applied entries between saves of the state machine's image (and log compactions):
     /// small values make lagging members catch up by snapshot.
     pub snapshot_count: u64,
+    /// Chance per step (‰) that a node pauses (a GC pause, SIGSTOP, a stalled disk): it neither
+    /// ticks nor handles anything, and messages to it wait, for up to 200 steps.
+    pub pause_per_mille: u32,
+    /// Chance per step (‰) that a node's clock steps forward: it ticks up to 20 times at once.
+    pub clock_step_per_mille: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,6 +62,8 @@ pub struct ClusterSummary {
     /// Images saved (checkpoints) and leader snapshots installed, over all members.
     pub checkpoints: u32,
     pub snapshots_installed: u32,
+    pub pauses: u32,
+    pub clock_steps: u32,
 }
 
 const KEY: &[u8] = b"r";
@@ -79,6 +86,8 @@ enum ClientState {
 }
 
 pub struct Cluster {
+    /// Per node (index id - 1): the step until which it is paused (0: running).
+    paused_until: Vec<u64>,
     rng: SmallRng,
     n: u64,
     nodes: BTreeMap<u64, Option<SimNode>>,
@@ -138,8 +147,11 @@ impl Cluster {
             msg_bytes_max: [1, 64, 1 << 20][rng.random_range(0..3)],
             wal_segment_bytes: rng.random_range(4096..=65536),
             snapshot_count: [3, 10, 50, 200, 1 << 30][rng.random_range(0..5)],
+            pause_per_mille: rng.random_range(0..6),
+            clock_step_per_mille: rng.random_range(0..6),
         };
         let mut c = Cluster {
+            paused_until: vec![0; n as usize],
             rng,
             n,
             nodes: BTreeMap::new(),
@@ -324,7 +336,14 @@ impl Cluster {
         }
     }
 
+    fn paused(&self, id: u64) -> bool {
+        self.paused_until[id as usize - 1] > self.now
+    }
+
     fn process(&mut self, id: u64) {
+        if self.paused(id) {
+            return;
+        }
         for _ in 0..16 {
             let Some(Some(n)) = self.nodes.get_mut(&id) else { return };
             if !n.node.has_ready() {
@@ -426,6 +445,13 @@ impl Cluster {
             if !self.connected(m.from, m.to) {
                 continue;
             }
+            if self.paused(m.to) {
+                // Held in the network (a socket buffer) until the node runs again.
+                let resume = self.paused_until[m.to as usize - 1];
+                self.net_seq += 1;
+                self.net.insert((resume, self.net_seq), m);
+                continue;
+            }
             digest(&mut self.summary.trace_digest, m.msg_type as u64 ^ (m.to << 8) ^ (m.index << 16));
             if let Some(Some(n)) = self.nodes.get_mut(&m.to) {
                 let _ = n.node.step(m);
@@ -437,7 +463,7 @@ impl Cluster {
     fn step(&mut self, faults: bool) {
         self.now += 1;
         for id in 1..=self.n {
-            if self.now.is_multiple_of(self.faults.tick_every[id as usize - 1]) {
+            if self.now.is_multiple_of(self.faults.tick_every[id as usize - 1]) && !self.paused(id) {
                 if let Some(Some(n)) = self.nodes.get_mut(&id) {
                     n.node.tick();
                 }
@@ -445,6 +471,21 @@ impl Cluster {
         }
         self.deliver_due();
         if faults {
+            if self.rng.random_range(0..1000) < self.faults.pause_per_mille {
+                let id = self.rng.random_range(1..=self.n);
+                self.paused_until[id as usize - 1] = self.now + self.rng.random_range(10..200);
+                self.summary.pauses += 1;
+            }
+            if self.rng.random_range(0..1000) < self.faults.clock_step_per_mille {
+                let id = self.rng.random_range(1..=self.n);
+                let ticks = self.rng.random_range(1..=20);
+                if let Some(Some(n)) = self.nodes.get_mut(&id) {
+                    for _ in 0..ticks {
+                        n.node.tick();
+                    }
+                    self.summary.clock_steps += 1;
+                }
+            }
             if self.rng.random_range(0..1000) < self.faults.crash_per_mille {
                 let id = self.rng.random_range(1..=self.n);
                 self.crash(id);
@@ -504,6 +545,7 @@ impl Cluster {
             self.step(true);
         }
         self.partition.clear();
+        self.paused_until.iter_mut().for_each(|p| *p = 0);
         for _ in 0..2000 {
             self.step(false);
             if self.clients.iter().all(|c| matches!(c, ClientState::Idle)) {

@@ -16,7 +16,7 @@ fn clusters_stay_linearizable_under_faults() {
         None => (0..env("KEEL_SIM_CLUSTER_SEEDS").unwrap_or(200)).collect(),
     };
     let (mut ok, mut unknown, mut crashes, mut partitions, mut unchecked, mut runs) = (0, 0, 0, 0, 0, 0);
-    let (mut checkpoints, mut installs) = (0, 0);
+    let (mut checkpoints, mut installs, mut pauses, mut steps_taken) = (0, 0, 0, 0);
     for seed in seeds {
         let n = if seed % 4 == 3 { 5 } else { 3 };
         match std::panic::catch_unwind(|| Cluster::new(seed, n, 3).run(steps)) {
@@ -28,6 +28,8 @@ fn clusters_stay_linearizable_under_faults() {
                 unchecked += usize::from(s.check_unknown);
                 checkpoints += s.checkpoints;
                 installs += s.snapshots_installed;
+                pauses += s.pauses;
+                steps_taken += s.clock_steps;
                 runs += 1;
             }
             Err(_) => panic!("cluster simulation failed: SIM_SEED={seed} (replay with KEEL_SIM_SEED={seed})"),
@@ -35,8 +37,8 @@ fn clusters_stay_linearizable_under_faults() {
     }
     eprintln!(
         "{runs} runs: {ok} operations completed, {unknown} unknown, {crashes} crashes, {partitions} partition \
-         changes, {checkpoints} image saves, {installs} snapshots installed; {unchecked} histories beyond \
-         the checker's budget"
+         changes, {pauses} pauses, {steps_taken} clock steps, {checkpoints} image saves, {installs} \
+         snapshots installed; {unchecked} histories beyond the checker's budget"
     );
     // A history the checker cannot decide proves nothing; they must stay rare.
     assert!(unchecked * 10 <= runs, "{unchecked} of {runs} histories were beyond the checker's budget");
