@@ -45,7 +45,7 @@ fn main() {
             sm.apply(&Entry { index: i, term: 1, entry_type: 0, data: data.into() }, 0);
         }
         println!("applied {n} puts in {:.2} s; RSS {:.0} MiB", start.elapsed().as_secs_f64(), rss_mib());
-        let mut image = Image::open(FileBackend::open(&path).unwrap()).unwrap();
+        let image = Image::open(FileBackend::open(&path).unwrap()).unwrap();
         let start = Instant::now();
         image.save(&mut sm, 1, ConfState { voters: vec![1], learners: vec![] }).unwrap();
         println!(
@@ -58,10 +58,12 @@ fn main() {
     let start = Instant::now();
     let image = Image::open(FileBackend::open(&path).unwrap()).unwrap();
     let mut records = 0u64;
-    for item in image.db().range(Bound::Unbounded, Bound::Unbounded) {
-        item.unwrap();
-        records += 1;
-    }
+    image.with_db(|db| {
+        for item in db.range(Bound::Unbounded, Bound::Unbounded) {
+            item.unwrap();
+            records += 1;
+        }
+    });
     let scan = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let loaded = image.load(Default::default()).unwrap().unwrap();

@@ -23,6 +23,7 @@ use keel_core::state_machine::StateMachine;
 use prost::Message as _;
 use sha1::{Digest, Sha1};
 use std::ops::Bound;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 const STATE_KEY: &[u8] = b"s";
@@ -69,13 +70,112 @@ where
     })
 }
 
-/// The durable image on top of one B-tree file.
+/// The durable image on top of one B-tree file. Clones are handles on the same image, so a
+/// save can run on another thread while the node task goes on; every use takes its lock.
 pub struct Image<F: PageFile> {
+    inner: Arc<Mutex<Inner<F>>>,
+}
+
+impl<F: PageFile> Clone for Image<F> {
+    fn clone(&self) -> Self {
+        Image { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<F: PageFile> {
     db: Db<F>,
     /// The applied index of the image on disk (0: none yet).
     index: u64,
     /// The last whole image encoded for a follower, by index.
-    full: Option<(u64, Bytes)>,
+    full: Option<(u64, Bytes, SnapshotMetadata)>,
+}
+
+/// What one save writes: the histories of the keys that changed (`None`: the key has none
+/// left), and the state record. Taken from the state machine at one applied index, so it can be
+/// written later, elsewhere.
+pub struct SaveJob {
+    pub meta: SnapshotMetadata,
+    state: StateImage,
+    changes: Vec<(Bytes, Option<KeyHistoryImage>)>,
+}
+
+impl SaveJob {
+    /// Takes what changed in `sm` since the last job (emptying its changed-key set) and its
+    /// state at its applied index, whose term and configuration the caller gives.
+    pub fn take(sm: &mut StateMachine, term: u64, conf_state: ConfState) -> SaveJob {
+        let changes = sm.store.take_dirty().into_iter().map(|k| {
+            let h = sm.store.history_image(&k);
+            (k, h)
+        });
+        let changes = changes.collect();
+        let state = sm.image_state(term, conf_state.clone());
+        let meta = SnapshotMetadata { conf_state: Some(conf_state), index: state.applied_index, term };
+        SaveJob { meta, state, changes }
+    }
+
+    /// How many keys it rewrites.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+impl<F: PageFile> Image<F> {
+    pub fn open(file: F) -> Result<Self, ImageError> {
+        Ok(Image { inner: Arc::new(Mutex::new(Inner::open(file)?)) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<F>> {
+        // A panic while holding the lock leaves the image unknown: stop loudly.
+        self.inner.lock().expect("the state image's lock is poisoned")
+    }
+
+    /// The applied index the image on disk stands for (0 when there is none).
+    pub fn index(&self) -> u64 {
+        self.lock().index
+    }
+
+    /// Reads the image back into a state machine, or `None` for an empty file.
+    pub fn load(&self, lease_config: LessorConfig) -> Result<Option<Loaded>, ImageError> {
+        self.lock().load(lease_config)
+    }
+
+    /// Saves `sm` now (see [`SaveJob::take`] and [`Image::apply`]).
+    pub fn save(&self, sm: &mut StateMachine, term: u64, conf_state: ConfState) -> Result<(), ImageError> {
+        self.apply(SaveJob::take(sm, term, conf_state)).map(|_| ())
+    }
+
+    /// Writes a save job in one durable commit. A job older than the image on disk (a leader's
+    /// snapshot was installed meanwhile) is dropped: returns whether it was written. A failure
+    /// leaves the image as it was, but the job's changes are lost, so the caller must stop.
+    pub fn apply(&self, job: SaveJob) -> Result<bool, ImageError> {
+        self.lock().apply(job)
+    }
+
+    /// The whole image as one message (a Raft snapshot's data) and the snapshot point it
+    /// stands for, read from disk; cached by index.
+    pub fn full(&self) -> Result<(Bytes, SnapshotMetadata), ImageError> {
+        self.lock().full()
+    }
+
+    /// Replaces the image with a leader's (a Raft snapshot's data), durably, and returns the
+    /// state machine it stands for.
+    pub fn install(&self, data: &[u8], lease_config: LessorConfig) -> Result<Loaded, ImageError> {
+        self.lock().install(data, lease_config)
+    }
+
+    /// Bytes the image file occupies.
+    pub fn file_bytes(&self) -> u64 {
+        self.lock().db.stats().file_bytes
+    }
+
+    /// Runs `f` on the B-tree (for statistics and benchmarks).
+    pub fn with_db<R>(&self, f: impl FnOnce(&Db<F>) -> R) -> R {
+        f(&self.lock().db)
+    }
 }
 
 /// An image read back: the state machine and the snapshot point it stands for.
@@ -84,8 +184,8 @@ pub struct Loaded {
     pub meta: SnapshotMetadata,
 }
 
-impl<F: PageFile> Image<F> {
-    pub fn open(file: F) -> Result<Self, ImageError> {
+impl<F: PageFile> Inner<F> {
+    fn open(file: F) -> Result<Self, ImageError> {
         let db = Db::open(file)?;
         let index = match db.get(STATE_KEY)? {
             Some(bytes) => {
@@ -93,16 +193,10 @@ impl<F: PageFile> Image<F> {
             }
             None => 0,
         };
-        Ok(Image { db, index, full: None })
+        Ok(Inner { db, index, full: None })
     }
 
-    /// The applied index the image on disk stands for (0 when there is none).
-    pub fn index(&self) -> u64 {
-        self.index
-    }
-
-    /// Reads the image back into a state machine, or `None` for an empty file.
-    pub fn load(&self, lease_config: LessorConfig) -> Result<Option<Loaded>, ImageError> {
+    fn load(&self, lease_config: LessorConfig) -> Result<Option<Loaded>, ImageError> {
         let Some(state) = self.db.get(STATE_KEY)? else { return Ok(None) };
         let state = StateImage::decode(&state[..]).map_err(|e| invalid("state record", e))?;
         // Long keys (stored by hash) are rare: read them first and merge them into the ordered
@@ -146,22 +240,14 @@ impl<F: PageFile> Image<F> {
         Ok(Some(Loaded { sm, meta }))
     }
 
-    /// Brings the image up to `sm`'s applied index (whose term and configuration the caller
-    /// gives): the keys changed since the last save and the state record, in one durable commit.
-    /// A failure leaves the image as it was but the state machine's changed-key set emptied, so
-    /// the caller must stop (as for any storage failure).
-    pub fn save(
-        &mut self,
-        sm: &mut StateMachine,
-        term: u64,
-        conf_state: ConfState,
-    ) -> Result<(), ImageError> {
-        let dirty = sm.store.take_dirty();
-        let state = sm.image_state(term, conf_state);
+    fn apply(&mut self, job: SaveJob) -> Result<bool, ImageError> {
+        if job.state.applied_index <= self.index {
+            return Ok(false);
+        }
         let mut tx = self.db.begin_write()?;
-        for key in dirty {
+        for (key, history) in job.changes {
             let tk = tree_key(&key);
-            match sm.store.history_image(&key) {
+            match history {
                 Some(h) if tk[0] == KEY_PREFIX => tx.put(&tk, &h.encode_to_vec())?,
                 Some(h) => tx.put(&tk, &KeyImage { key, history: Some(h) }.encode_to_vec())?,
                 None => {
@@ -169,18 +255,16 @@ impl<F: PageFile> Image<F> {
                 }
             }
         }
-        tx.put(STATE_KEY, &state.encode_to_vec())?;
+        tx.put(STATE_KEY, &job.state.encode_to_vec())?;
         tx.commit()?;
-        self.index = state.applied_index;
-        Ok(())
+        self.index = job.state.applied_index;
+        Ok(true)
     }
 
-    /// The whole image as one message (a Raft snapshot's data), read from disk. Cached by
-    /// index, since a leader may send it to several followers.
-    pub fn full(&mut self) -> Result<Bytes, ImageError> {
-        if let Some((index, bytes)) = &self.full {
+    fn full(&mut self) -> Result<(Bytes, SnapshotMetadata), ImageError> {
+        if let Some((index, bytes, meta)) = &self.full {
             if *index == self.index {
-                return Ok(bytes.clone());
+                return Ok((bytes.clone(), meta.clone()));
             }
         }
         let Some(state) = self.db.get(STATE_KEY)? else {
@@ -202,14 +286,17 @@ impl<F: PageFile> Image<F> {
             }
         }
         keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let meta = SnapshotMetadata {
+            conf_state: state.conf_state.clone(),
+            index: state.applied_index,
+            term: state.applied_term,
+        };
         let bytes = Bytes::from(FullImage { state: Some(state), keys }.encode_to_vec());
-        self.full = Some((self.index, bytes.clone()));
-        Ok(bytes)
+        self.full = Some((self.index, bytes.clone(), meta.clone()));
+        Ok((bytes, meta))
     }
 
-    /// Replaces the image with a leader's (a Raft snapshot's data), durably, and returns the
-    /// state machine it stands for.
-    pub fn install(&mut self, data: &[u8], lease_config: LessorConfig) -> Result<Loaded, ImageError> {
+    fn install(&mut self, data: &[u8], lease_config: LessorConfig) -> Result<Loaded, ImageError> {
         let full = FullImage::decode(data).map_err(|e| invalid("from the leader", e))?;
         let state = full.state.ok_or_else(|| invalid("from the leader", "no state record"))?;
         let keys: Vec<(Bytes, KeyHistoryImage)> =
@@ -242,14 +329,5 @@ impl<F: PageFile> Image<F> {
             term: state.applied_term,
         };
         Ok(Loaded { sm, meta })
-    }
-
-    /// Bytes the image file occupies.
-    pub fn file_bytes(&self) -> u64 {
-        self.db.stats().file_bytes
-    }
-
-    pub fn db(&self) -> &Db<F> {
-        &self.db
     }
 }

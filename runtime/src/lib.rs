@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod btree;
 pub mod image;
+pub mod metrics;
 pub mod node;
 pub mod ready;
 pub mod recover;

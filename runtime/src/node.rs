@@ -6,7 +6,7 @@
 use crate::backend::Dir;
 use crate::btree::PageFile;
 use crate::ready::handle_ready;
-use crate::ready::{maybe_checkpoint, Storage};
+use crate::ready::{begin_checkpoint, finish_checkpoint, maybe_checkpoint, Storage};
 use crate::recover::Recovered;
 use crate::watch::{WatchHub, WatchSpec, WatchUpdate};
 use keel_core::lease::{
@@ -17,7 +17,9 @@ use keel_core::membership::MemberError;
 use keel_core::mvcc::MvccError;
 use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
-use keel_core::pb::keelpb::{request::Op, ConfChange, ConfChangeType, MessageType, Request};
+use keel_core::pb::keelpb::{
+    request::Op, ConfChange, ConfChangeType, MessageType, Request, SnapshotMetadata,
+};
 use keel_core::raft::{MemStorage, Message, ProposeError, RawNode, StateRole};
 use keel_core::state_machine::{Applied, ApplyError, StateMachine, WriteResponse};
 use prost::Message as _;
@@ -420,6 +422,8 @@ struct Driver<D: Dir, F: PageFile> {
     ticks_per_second: u64,
     /// Snapshot requests, served after the batch's Ready by one save of the image.
     snapshot_waiters: Vec<oneshot::Sender<Result<StateSnapshot, RequestError>>>,
+    /// The image save in flight (at most one), answering with the point it reached.
+    saving: Option<oneshot::Receiver<Result<SnapshotMetadata, String>>>,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -455,6 +459,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         ticks: 0,
         ticks_per_second: (1000 / cfg_tick_ms.max(1)).max(1),
         snapshot_waiters: Vec::new(),
+        saving: None,
     };
     d.membership_changed();
     {
@@ -503,8 +508,16 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
                         return Ok(());
                     }
                 }
+                saved = wait_save(&mut d.saving), if d.saving.is_some() => {
+                    if let Err(e) = d.finish_save(saved) {
+                        tracing::error!(error = %e, "stopping the node: the state image failed");
+                        return Err(e);
+                    }
+                }
             }
             d.issue_read_index();
+            let (leader, committed, applied) = (d.node.leader(), d.node.committed(), d.node.applied());
+            crate::metrics::observe_node(leader, committed, applied, d.sm.store.compacted());
             if let Err(e) = d.drain_ready().and_then(|()| d.serve_snapshots()) {
                 tracing::error!(error = %e, "stopping the node: the WAL failed");
                 return Err(e);
@@ -518,7 +531,17 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
     (handle, join)
 }
 
-impl<D: Dir, F: PageFile> Driver<D, F> {
+/// Waits for the save in flight (the select branch is disabled when there is none).
+async fn wait_save(
+    saving: &mut Option<oneshot::Receiver<Result<SnapshotMetadata, String>>>,
+) -> Result<Result<SnapshotMetadata, String>, oneshot::error::RecvError> {
+    match saving.as_mut() {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
     fn header(&self) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cfg.cluster_id,
@@ -661,7 +684,7 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                     wal_bytes: self.storage.wal.len(),
                     db_bytes: self.storage.image.file_bytes(),
                     db_in_use_bytes: {
-                        let stats = self.storage.image.db().stats();
+                        let stats = self.storage.image.with_db(|db| db.stats());
                         (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64
                     },
                     members: self.sm.members().cloned().collect(),
@@ -679,9 +702,10 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
             return Ok(());
         }
         maybe_checkpoint(&mut self.node, &mut self.storage, &mut self.sm, 1).map_err(|e| e.to_string())?;
-        let applied_index = self.storage.image.index();
         let image = match self.storage.image.full() {
-            Ok(image) => Ok(StateSnapshot { header: self.header(), applied_index, image }),
+            Ok((image, meta)) => {
+                Ok(StateSnapshot { header: self.header(), applied_index: meta.index, image })
+            }
             // Reading failed but nothing was written: the node can go on; the clients are told.
             Err(e) => {
                 tracing::error!(error = %e, "reading the state image for a snapshot failed");
@@ -902,7 +926,8 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                 self.node.report_snapshot(to, failed);
             }
             let mut members_changed = outcome.installed.is_some();
-            if outcome.installed.is_some() {
+            if let Some(index) = outcome.installed {
+                tracing::info!(index, "installed a snapshot from the leader");
                 self.hub.desync_all();
             }
             for (_, effect) in outcome.applied {
@@ -951,9 +976,54 @@ impl<D: Dir, F: PageFile> Driver<D, F> {
                 self.membership_changed();
             }
         }
-        maybe_checkpoint(&mut self.node, &mut self.storage, &mut self.sm, self.cfg.snapshot_count)
-            .map_err(|e| e.to_string())?;
+        self.start_save();
         Ok(())
+    }
+
+    /// Starts a save of the state machine's image on a blocking thread once `snapshot_count`
+    /// entries have been applied since the last one, one at a time: the node task only takes
+    /// the changed keys' histories; the B-tree commit happens elsewhere, and
+    /// [`Self::finish_save`] follows when it is durable.
+    fn start_save(&mut self) {
+        if self.saving.is_some() {
+            return;
+        }
+        let image_index = self.storage.image.index();
+        let Some(job) = begin_checkpoint(&self.node, &mut self.sm, image_index, self.cfg.snapshot_count)
+        else {
+            return;
+        };
+        let image = self.storage.image.clone();
+        let meta = job.meta.clone();
+        let (tx, rx) = oneshot::channel();
+        let work = move || {
+            let keys = job.len();
+            let started = std::time::Instant::now();
+            let result = image.apply(job).map(|_| meta).map_err(|e| e.to_string());
+            tracing::debug!(keys, elapsed_ms = started.elapsed().as_millis() as u64, "saved the state image");
+            let _ = tx.send(result);
+        };
+        // Under the simulator there are no blocking threads: the save runs in line.
+        #[cfg(not(madsim))]
+        tokio::task::spawn_blocking(work);
+        #[cfg(madsim)]
+        work();
+        self.saving = Some(rx);
+    }
+
+    /// A save finished: on success the WAL and the log move their starting point to it; a
+    /// failure stops the node (the image's state is unknown and the changed keys are gone).
+    fn finish_save(
+        &mut self,
+        result: Result<Result<SnapshotMetadata, String>, oneshot::error::RecvError>,
+    ) -> Result<(), String> {
+        self.saving = None;
+        let meta = match result {
+            Ok(Ok(meta)) => meta,
+            Ok(Err(e)) => return Err(format!("saving the state image failed: {e}")),
+            Err(_) => return Err("the state image save was lost".to_string()),
+        };
+        finish_checkpoint(&mut self.node, &mut self.storage.wal, &meta).map_err(|e| e.to_string())
     }
 
     /// Answers the proposer of an applied membership change; notes this member's removal.

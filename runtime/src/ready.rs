@@ -2,7 +2,7 @@
 
 use crate::backend::Dir;
 use crate::btree::PageFile;
-use crate::image::{Image, ImageError};
+use crate::image::{Image, ImageError, SaveJob};
 use crate::wal::{Wal, WalError};
 use keel_core::pb::keelpb::{MessageType, SnapshotMetadata};
 use keel_core::raft::{MemStorage, Message, RawNode, ReadState, SoftState, Storage as _};
@@ -53,7 +53,7 @@ pub fn handle_ready<D: Dir, F: PageFile>(
 ) -> Result<ReadyOutcome, ReadyError> {
     let mut rd = node.ready();
     for m in rd.messages.drain(..) {
-        send(with_snapshot_data(m, &mut storage.image)?);
+        send(with_snapshot_data(m, &storage.image)?);
     }
 
     // A leader's snapshot replaces the state machine: its image is made durable, then the WAL
@@ -89,7 +89,7 @@ pub fn handle_ready<D: Dir, F: PageFile>(
     }
 
     for m in rd.persisted_messages.drain(..) {
-        send(with_snapshot_data(m, &mut storage.image)?);
+        send(with_snapshot_data(m, &storage.image)?);
     }
 
     let mut applied = Vec::with_capacity(rd.committed_entries.len());
@@ -114,37 +114,77 @@ pub fn handle_ready<D: Dir, F: PageFile>(
 }
 
 /// A snapshot message leaves with the image's data: memory keeps only the snapshot's metadata.
-fn with_snapshot_data<F: PageFile>(mut m: Message, image: &mut Image<F>) -> Result<Message, ImageError> {
+/// The image may be newer than the log's snapshot point (a save finished and the log is not yet
+/// compacted to it); the message then carries the image's own point, which is committed too.
+fn with_snapshot_data<F: PageFile>(mut m: Message, image: &Image<F>) -> Result<Message, ImageError> {
     if m.msg_type == MessageType::MsgSnap as i32 {
         let snap = m.snapshot.as_mut().expect("MsgSnap carries a snapshot");
         let index = snap.metadata.as_ref().map_or(0, |md| md.index);
-        assert_eq!(index, image.index(), "the log's snapshot point is the image's");
-        snap.data = image.full()?;
+        let (data, meta) = image.full()?;
+        assert!(
+            meta.index >= index,
+            "the image ({}) is behind the log's snapshot point ({index})",
+            meta.index
+        );
+        snap.data = data;
+        snap.metadata = Some(meta);
     }
     Ok(m)
 }
 
-/// Saves the state machine's image once `snapshot_count` entries have been applied since the
-/// last save, then lets the WAL record the new starting point and release what it covers, and
-/// compacts the in-memory log to it (a follower that needs older entries gets the image).
-/// Returns whether it saved.
+/// The first half of a checkpoint: once `snapshot_count` entries have been applied since the
+/// image's index, takes what the next save writes (see [`SaveJob::take`]). The job can be
+/// written anywhere ([`Image::apply`]); then [`finish_checkpoint`] follows.
+pub fn begin_checkpoint(
+    node: &RawNode<MemStorage>,
+    sm: &mut StateMachine,
+    image_index: u64,
+    snapshot_count: u64,
+) -> Option<SaveJob> {
+    let applied = sm.applied_index();
+    if applied < image_index + snapshot_count.max(1) {
+        return None;
+    }
+    let term = node.store().term(applied).expect("an applied entry is in the log");
+    let conf_state = node.store().initial_state().1;
+    Some(SaveJob::take(sm, term, conf_state))
+}
+
+/// The second half, once the image at `meta` is durable: the WAL records the new starting point
+/// and releases what it covers, and the in-memory log is compacted to it (a follower that needs
+/// older entries gets the image). A point older than one already recorded (a leader's snapshot
+/// was installed meanwhile) changes nothing.
+pub fn finish_checkpoint<D: Dir>(
+    node: &mut RawNode<MemStorage>,
+    wal: &mut Wal<D>,
+    meta: &SnapshotMetadata,
+) -> Result<(), ReadyError> {
+    if meta.index < node.store().first_index() {
+        return Ok(());
+    }
+    wal.append_snapshot(meta);
+    wal.flush(true)?;
+    wal.release(meta.index)?;
+    let conf_state = meta.conf_state.clone().unwrap_or_default();
+    node.store_mut().compact(meta.index, conf_state, Default::default());
+    Ok(())
+}
+
+/// A whole checkpoint, in line: begin, save the image, finish. Returns whether it saved. The
+/// simulator uses it as is; the node task runs the save on another thread.
 pub fn maybe_checkpoint<D: Dir, F: PageFile>(
     node: &mut RawNode<MemStorage>,
     storage: &mut Storage<D, F>,
     sm: &mut StateMachine,
     snapshot_count: u64,
 ) -> Result<bool, ReadyError> {
-    let applied = sm.applied_index();
-    if applied < storage.image.index() + snapshot_count.max(1) {
+    let Some(job) = begin_checkpoint(node, sm, storage.image.index(), snapshot_count) else {
+        return Ok(false);
+    };
+    let meta = job.meta.clone();
+    if !storage.image.apply(job)? {
         return Ok(false);
     }
-    let term = node.store().term(applied).expect("an applied entry is in the log");
-    let conf_state = node.store().initial_state().1;
-    storage.image.save(sm, term, conf_state.clone())?;
-    let meta = SnapshotMetadata { conf_state: Some(conf_state.clone()), index: applied, term };
-    storage.wal.append_snapshot(&meta);
-    storage.wal.flush(true)?;
-    storage.wal.release(applied)?;
-    node.store_mut().compact(applied, conf_state, Default::default());
+    finish_checkpoint(node, &mut storage.wal, &meta)?;
     Ok(true)
 }

@@ -405,6 +405,9 @@ impl<D: Dir> Wal<D> {
     /// Records that the state machine's durable image covers the log through `snap.index`:
     /// replay starts after it, and [`Wal::release`] may then drop the segments it covers.
     pub fn append_snapshot(&mut self, snap: &SnapshotMetadata) {
+        if self.snapshot.as_ref().is_some_and(|s| s.index >= snap.index) {
+            return; // The starting point only moves forward.
+        }
         self.snapshot = Some(snap.clone());
         self.last_index = self.last_index.max(snap.index);
         self.pending.push((Kind::Snapshot, snap.encode_to_vec()));
@@ -427,13 +430,16 @@ impl<D: Dir> Wal<D> {
         let segment = self.segments.last_mut().expect("a segment is open");
         let file = segment.file.describe();
         segment.file.write_at(self.cursor, &bytes).map_err(io_err(&file))?;
+        crate::metrics::WAL_WRITE_BYTES.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         segment.last_index = segment.last_index.max(self.last_index);
         self.cursor += bytes.len() as u64;
         self.chain = chain;
         self.commit_seq = seq;
         self.uncommitted = !sync;
         if sync {
+            let started = std::time::Instant::now();
             segment.file.sync().map_err(io_err(&file))?;
+            crate::metrics::WAL_FSYNC.observe(started.elapsed());
         }
         Ok(())
     }

@@ -57,25 +57,77 @@ pub struct Config {
     /// Duration of periodic watch progress notifications (e.g. 10m, 30s).
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,
-    /// Log level: debug, info, warn, error.
-    #[arg(long = "log-level", default_value = "info")]
+    /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
+    #[arg(long = "log-level", default_value = "info",
+          value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
+    /// List of URLs to listen on for the metrics and health endpoints.
+    #[arg(long = "listen-metrics-urls", default_value = "")]
+    pub listen_metrics_urls: String,
+    /// Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration
+    /// based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision'
+    /// for revision number based retention.
+    #[arg(long = "auto-compaction-mode", default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention length. 0 means disable auto compaction.
+    #[arg(long = "auto-compaction-retention", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Path to the server configuration file (etcd's YAML). Note that if a configuration file is
+    /// provided, other command line flags will be ignored.
+    #[arg(long = "config-file")]
+    pub config_file: Option<PathBuf>,
 }
 
-/// Go-style durations as etcd's flags take them: `500ms`, `30s`, `10m`, `1h`.
+/// `--log-level` as a tracing filter: etcd's `panic` and `fatal` log errors only, as `error`.
+pub fn tracing_level(log_level: &str) -> &str {
+    match log_level {
+        "panic" | "fatal" => "error",
+        other => other,
+    }
+}
+
+/// etcd's automatic compaction (`--auto-compaction-mode`, `--auto-compaction-retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much history (by time).
+    Periodic(std::time::Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+/// Go's `time.ParseDuration`, as etcd's flags take durations: a sequence of decimal numbers,
+/// each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such as `500ms`, `10m` or `1h30m`;
+/// `0` alone is zero. Negative durations are refused (no flag takes one).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let split =
-        s.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(|| format!("missing unit in duration {s:?}"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}")),
-    };
-    Ok(std::time::Duration::from_secs_f64(secs))
+    let invalid = || format!("invalid duration {s:?}");
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut secs = 0.0f64;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        let n: f64 = num.parse().map_err(|_| invalid())?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(format!("missing unit in duration {s:?}")),
+            _ => return Err(invalid()),
+        };
+        secs += n * scale;
+        rest = after;
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| invalid())
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -96,6 +148,8 @@ pub enum ConfigError {
     Timeouts,
     #[error("cannot resolve {0:?}")]
     Resolve(String),
+    #[error("invalid --auto-compaction-retention {0:?} for --auto-compaction-mode {1}")]
+    Retention(String, String),
 }
 
 /// Flags turned into what the server needs.
@@ -113,6 +167,10 @@ pub struct Resolved {
     pub join: bool,
     /// Where to listen for peers (only bound when the cluster has other members).
     pub peer_addrs: Vec<SocketAddr>,
+    /// Where else to serve `/metrics` and `/health` (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<SocketAddr>,
+    /// `None` when the retention is 0 (etcd's default: no automatic compaction).
+    pub auto_compaction: Option<AutoCompaction>,
 }
 
 fn split_urls(s: &str) -> Vec<String> {
@@ -205,6 +263,11 @@ impl Config {
         for u in &advertise_client_urls {
             url_to_addr(u)?;
         }
+        let metrics_addrs = split_urls(&self.listen_metrics_urls)
+            .iter()
+            .map(|u| url_to_addr(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let auto_compaction = parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         Ok(Resolved {
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name))),
             client_addrs,
@@ -215,8 +278,29 @@ impl Config {
             initial_members,
             join: self.initial_cluster_state == "existing",
             peer_addrs,
+            metrics_addrs,
+            auto_compaction,
         })
     }
+}
+
+/// etcd's reading of `--auto-compaction-retention`: in periodic mode a Go duration, or a bare
+/// integer counting hours; in revision mode an integer count of revisions. Zero disables it.
+pub fn parse_retention(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, ConfigError> {
+    let bad = || ConfigError::Retention(retention.to_string(), mode.to_string());
+    let compaction = match mode {
+        "periodic" => match retention.parse::<u64>() {
+            Ok(hours) => AutoCompaction::Periodic(std::time::Duration::from_secs(hours.saturating_mul(3600))),
+            Err(_) => AutoCompaction::Periodic(parse_duration(retention).map_err(|_| bad())?),
+        },
+        "revision" => {
+            AutoCompaction::Revision(retention.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(bad)?)
+        }
+        _ => return Err(bad()),
+    };
+    let disabled = matches!(compaction, AutoCompaction::Periodic(d) if d.is_zero())
+        || compaction == AutoCompaction::Revision(0);
+    Ok((!disabled).then_some(compaction))
 }
 
 #[cfg(test)]
@@ -236,6 +320,40 @@ mod tests {
         assert_eq!(r.initial_members.len(), 1);
         assert_eq!(r.initial_members[0].peer_ur_ls, vec!["http://localhost:2380".to_string()]);
         assert_eq!(r.member_id, ids::member_id(&["http://localhost:2380".to_string()], "etcd-cluster"));
+    }
+
+    #[test]
+    fn durations_and_retentions_read_as_etcd_reads_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "10", "1x", "m", "-1s", "1h-5m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_retention("periodic", "0"), Ok(None));
+        assert_eq!(
+            parse_retention("periodic", "1"),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(3600))))
+        );
+        assert_eq!(
+            parse_retention("periodic", "5m"),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(300))))
+        );
+        assert_eq!(parse_retention("revision", "1000"), Ok(Some(AutoCompaction::Revision(1000))));
+        assert_eq!(parse_retention("revision", "0"), Ok(None));
+        assert!(parse_retention("revision", "5m").is_err());
+        assert!(parse_retention("periodic", "soon").is_err());
+        let c = parse(&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "x"]).unwrap();
+        assert!(matches!(c.resolve().unwrap_err(), ConfigError::Retention(..)));
+        assert!(parse(&["--auto-compaction-mode", "hourly"]).is_err());
+        assert!(parse(&["--log-level", "bogus"]).is_err());
+        let c = parse(&["--listen-metrics-urls", "http://127.0.0.1:9999"]).unwrap();
+        assert_eq!(c.resolve().unwrap().metrics_addrs, vec!["127.0.0.1:9999".parse().unwrap()]);
+        assert!(parse(&[]).unwrap().resolve().unwrap().metrics_addrs.is_empty());
     }
 
     #[test]

@@ -5,72 +5,221 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use keel_core::pb::etcdserverpb::RangeRequest;
 use runtime::node::NodeHandle;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub(crate) fn routes(grpc: Router, node: NodeHandle) -> Router {
-    let (n1, n2) = (node.clone(), node);
     let grpc = grpc.clone().merge(crate::gateway::routes(grpc));
-    grpc.route("/health", get(move || health(n1.clone())))
-        .route("/version", get(version))
-        .route("/metrics", get(move || metrics(n2.clone())))
+    grpc.merge(metrics_routes(node)).route("/version", get(version))
+}
+
+/// `/metrics` and `/health`: on the client port, and alone on `--listen-metrics-urls`.
+pub(crate) fn metrics_routes(node: NodeHandle) -> Router {
+    let n1 = node.clone();
+    Router::new()
+        .route("/health", get(move || health(n1.clone())))
+        .route("/metrics", get(move || metrics(node.clone())))
 }
 
 async fn health(node: NodeHandle) -> impl IntoResponse {
     let json = |healthy: bool, reason: &str| format!("{{\"health\":\"{healthy}\",\"reason\":\"{reason}\"}}");
-    match node.status().await {
+    let answer = match node.status().await {
         Ok(s) if s.leader != 0 => (StatusCode::OK, json(true, "")),
         Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, json(false, "RAFT NO LEADER")),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, json(false, "SERVER STOPPED")),
-    }
+    };
+    let counter = if answer.0 == StatusCode::OK { &HEALTH_SUCCESS } else { &HEALTH_FAILURES };
+    counter.fetch_add(1, Relaxed);
+    answer
 }
+
+/// `etcd_server_health_success` and `etcd_server_health_failures`: `/health` answers.
+static HEALTH_SUCCESS: AtomicU64 = AtomicU64::new(0);
+static HEALTH_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 async fn version() -> impl IntoResponse {
     format!("{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}", crate::ETCD_VERSION)
 }
 
+/// Prometheus' text format, one metric family at a time.
+struct Text(String);
+
+impl Text {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, "gauge", help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, "counter", help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &runtime::metrics::HistogramSnapshot) {
+        self.header(name, "histogram", help);
+        for (le, count) in &h.buckets {
+            let _ = writeln!(self.0, "{name}_bucket{{le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(self.0, "{name}_sum {}\n{name}_count {}", h.sum_seconds, h.count);
+    }
+
+    /// A family with one sample per peer (none printed when there are no peers, as etcd).
+    fn per_peer(&mut self, name: &str, kind: &str, help: &str, label: &str, values: &[(u64, u64)]) {
+        if values.is_empty() {
+            return;
+        }
+        self.header(name, kind, help);
+        for (id, value) in values {
+            let _ = writeln!(self.0, "{name}{{{label}=\"{id:x}\"}} {value}");
+        }
+    }
+}
+
+/// etcd's metrics, by etcd's names, types and help texts, for what Keel measures. A metric
+/// whose value Keel does not have is left out rather than made up.
 async fn metrics(node: NodeHandle) -> impl IntoResponse {
     let Ok(s) = node.status().await else {
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], String::new());
     };
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: String| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+    // Live keys: a count-only range over every key, served locally (etcd keeps a gauge).
+    let all_keys = RangeRequest {
+        key: vec![0].into(),
+        range_end: vec![0].into(),
+        count_only: true,
+        serializable: true,
+        ..Default::default()
     };
-    gauge(
-        "etcd_server_has_leader",
-        "Whether or not a leader exists. 1 is existence, 0 is not.",
-        u8::from(s.leader != 0).to_string(),
+    let keys = node.range(all_keys).await.ok().map(|r| r.count);
+    let mut out = Text(String::with_capacity(8 << 10));
+    out.gauge(
+        "etcd_debugging_mvcc_compact_revision",
+        "The revision of the last compaction in store.",
+        runtime::metrics::COMPACT_REVISION.load(Relaxed),
     );
-    gauge(
-        "etcd_server_is_leader",
-        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-        u8::from(s.leader == node.member_id).to_string(),
+    out.gauge("etcd_debugging_mvcc_current_revision", "The current revision of store.", s.header.revision);
+    if let Some(keys) = keys {
+        out.gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", keys);
+    }
+    out.histogram(
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+        &runtime::metrics::BACKEND_COMMIT.snapshot(),
     );
-    gauge(
-        "etcd_server_proposals_committed_total",
-        "The total number of consensus proposals committed.",
-        s.raft_index.to_string(),
+    out.histogram(
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        &runtime::metrics::WAL_FSYNC.snapshot(),
     );
-    gauge(
-        "etcd_server_proposals_applied_total",
-        "The total number of consensus proposals applied.",
-        s.raft_applied_index.to_string(),
+    // A gauge in etcd 3.5, though named as a counter.
+    out.gauge(
+        "etcd_disk_wal_write_bytes_total",
+        "Total number of bytes written in WAL.",
+        runtime::metrics::WAL_WRITE_BYTES.load(Relaxed),
     );
-    gauge("etcd_server_term", "The current raft term.", s.raft_term.to_string());
-    gauge(
+    out.gauge(
         "etcd_mvcc_db_total_size_in_bytes",
         "Total size of the underlying database physically allocated in bytes.",
-        s.db_bytes.to_string(),
+        s.db_bytes,
     );
-    gauge(
-        "etcd_debugging_mvcc_current_revision",
-        "The current revision of store.",
-        s.header.revision.to_string(),
+    out.gauge(
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "Total size of the underlying database logically in use in bytes.",
+        s.db_in_use_bytes,
     );
-    out.push_str(&format!(
-        "# HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.\n\
-         # TYPE etcd_server_version gauge\netcd_server_version{{server_version=\"{}\"}} 1\n",
-        crate::ETCD_VERSION
-    ));
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let peers = runtime::metrics::peers();
+    let column = |f: fn(&runtime::metrics::PeerCounts) -> u64| -> Vec<(u64, u64)> {
+        peers.iter().map(|(id, p)| (*id, f(p))).filter(|(_, v)| *v > 0).collect()
+    };
+    out.per_peer(
+        "etcd_network_peer_received_bytes_total",
+        "counter",
+        "The total number of bytes received from peers.",
+        "From",
+        &column(|p| p.received_bytes),
+    );
+    out.per_peer(
+        "etcd_network_peer_sent_bytes_total",
+        "counter",
+        "The total number of bytes sent to peers.",
+        "To",
+        &column(|p| p.sent_bytes),
+    );
+    out.per_peer(
+        "etcd_network_peer_sent_failures_total",
+        "counter",
+        "The total number of send failures from peers.",
+        "To",
+        &column(|p| p.sent_failures),
+    );
+    out.gauge(
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        u8::from(s.leader != 0),
+    );
+    out.counter(
+        "etcd_server_health_failures",
+        "The total number of failed health checks",
+        HEALTH_FAILURES.load(Relaxed),
+    );
+    out.counter(
+        "etcd_server_health_success",
+        "The total number of successful health checks",
+        HEALTH_SUCCESS.load(Relaxed),
+    );
+    out.header(
+        "etcd_server_id",
+        "gauge",
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+    );
+    let _ = writeln!(out.0, "etcd_server_id{{server_id=\"{:x}\"}} 1", node.member_id);
+    out.gauge(
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        u8::from(s.leader == node.member_id),
+    );
+    let learner = s.members.iter().any(|mb| mb.id == node.member_id && mb.is_learner);
+    out.gauge(
+        "etcd_server_is_learner",
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        u8::from(learner),
+    );
+    out.counter(
+        "etcd_server_leader_changes_seen_total",
+        "The number of leader changes seen.",
+        runtime::metrics::LEADER_CHANGES.load(Relaxed),
+    );
+    out.gauge(
+        "etcd_server_proposals_applied_total",
+        "The total number of consensus proposals applied.",
+        runtime::metrics::APPLIED_INDEX.load(Relaxed),
+    );
+    out.gauge(
+        "etcd_server_proposals_committed_total",
+        "The total number of consensus proposals committed.",
+        runtime::metrics::COMMITTED_INDEX.load(Relaxed),
+    );
+    out.counter(
+        "etcd_server_proposals_failed_total",
+        "The total number of failed proposals seen.",
+        runtime::metrics::PROPOSALS_FAILED.load(Relaxed),
+    );
+    out.gauge(
+        "etcd_server_proposals_pending",
+        "The current number of pending proposals to commit.",
+        runtime::metrics::PROPOSALS_PENDING.load(Relaxed),
+    );
+    out.header(
+        "etcd_server_version",
+        "gauge",
+        "Which version is running. 1 for 'server_version' label with current version.",
+    );
+    let _ = writeln!(out.0, "etcd_server_version{{server_version=\"{}\"}} 1", crate::ETCD_VERSION);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.0)
 }

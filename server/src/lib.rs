@@ -4,7 +4,9 @@
 //! requests into proposals and reads on the node task and map failures to etcd's exact gRPC
 //! codes and messages, which clients match on.
 
+mod compactor;
 pub mod config;
+pub mod config_file;
 pub mod errors;
 #[cfg(not(madsim))]
 mod gateway;
@@ -47,6 +49,8 @@ pub enum RunError {
     Format { dir: String, found: String },
     #[error("client listener on {addr}: {source}")]
     Listen { addr: SocketAddr, source: tonic::transport::Error },
+    #[error("metrics listener on {addr}: {source}")]
+    MetricsListen { addr: SocketAddr, source: std::io::Error },
     #[error("node stopped: {0}")]
     Node(String),
     #[error("cannot join the cluster (--initial-cluster-state existing): {0}")]
@@ -182,6 +186,28 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                 .map_err(|source| RunError::Listen { addr, source })
         }));
         tracing::info!(%addr, "serving client requests");
+    }
+    #[cfg(not(madsim))]
+    for addr in resolved.metrics_addrs.clone() {
+        let app = http::metrics_routes(handle.clone());
+        let signal = stopped(shutdown.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::MetricsListen { addr, source })?;
+        tracing::info!(%addr, "serving metrics and health");
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(|source| RunError::MetricsListen { addr, source })
+        }));
+    }
+    if let Some(compaction) = resolved.auto_compaction {
+        let node = handle.clone();
+        servers.push(tokio::spawn(async move {
+            compactor::run(node, compaction).await;
+            Ok(())
+        }));
     }
     let removed = async move {
         while !*removed_rx.borrow_and_update() {

@@ -6,10 +6,31 @@ use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() {
-    let config = Config::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let mut config = Config::parse();
+    // As etcd: with a config file, the other flags are parsed but their values ignored.
+    let mut ignored = Vec::new();
+    if let Some(path) = config.config_file.clone() {
+        match server::config_file::load(&path) {
+            Ok(loaded) => (config, ignored) = (loaded.config, loaded.ignored),
+            Err(e) => {
+                eprintln!("keel: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(server::config::tracing_level(&config.log_level))
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Some(path) = &config.config_file {
+        tracing::info!(
+            path = %path.display(),
+            "loaded server configuration, other configuration command line flags will be ignored if provided"
+        );
+        if !ignored.is_empty() {
+            tracing::warn!(path = %path.display(), keys = ?ignored, "config file keys keel does not take were ignored");
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

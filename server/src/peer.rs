@@ -16,6 +16,7 @@ use crate::pb::keelpb::{
 };
 use keel_core::pb::etcdserverpb::Member;
 use keel_core::raft::{Message, MessageType};
+use prost::Message as _;
 use runtime::node::{MemberChange, NodeHandle, REMOVED};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub(crate) struct PeerService {
 impl Raft for PeerService {
     async fn send(&self, request: Request<MessageBatch>) -> Result<Response<SendResponse>, Status> {
         let batch = request.into_inner();
+        for m in &batch.messages {
+            runtime::metrics::peer_received(m.from, m.encoded_len() as u64);
+        }
         let members = self.node.members();
         if batch.messages.iter().any(|m| members.borrow().removed.contains(&m.from)) {
             return Err(Status::failed_precondition(REMOVED));
@@ -181,6 +185,7 @@ async fn sender(
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) => {
+                    runtime::metrics::peer_send_failed(peer, messages.len() as u64);
                     tracing::debug!(peer = %format!("{peer:x}"), error = %e, "peer unreachable");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -189,7 +194,9 @@ async fn sender(
             }
         }
         let c = client.as_mut().expect("connected");
+        let (count, bytes) = (messages.len() as u64, messages.iter().map(|m| m.encoded_len() as u64).sum());
         if let Err(e) = c.send(MessageBatch { messages }).await {
+            runtime::metrics::peer_send_failed(peer, count);
             if e.code() == tonic::Code::FailedPrecondition && e.message() == REMOVED {
                 tracing::warn!(peer = %format!("{peer:x}"), "{REMOVED}");
                 on_removed();
@@ -197,6 +204,8 @@ async fn sender(
             }
             tracing::debug!(peer = %format!("{peer:x}"), error = %e, "peer send failed");
             client = None;
+        } else {
+            runtime::metrics::peer_sent(peer, bytes);
         }
     }
 }

@@ -60,7 +60,7 @@ pub(crate) struct Recipes {
 
 impl Recipes {
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
-        match self.node.propose(Op::Txn(t)).await.map_err(request_status)? {
+        match crate::services::propose(&self.node, Op::Txn(t)).await.map_err(request_status)? {
             WriteResponse::Txn(r) => Ok(r),
             other => Err(Status::internal(format!("txn answered with {other:?}"))),
         }
@@ -183,7 +183,11 @@ impl Drop for OwnerGuard {
         if let Some(node) = self.node.take() {
             let key = self.key.clone();
             tokio::spawn(async move {
-                let _ = node.propose(Op::DeleteRange(DeleteRangeRequest { key, ..Default::default() })).await;
+                let _ = crate::services::propose(
+                    &node,
+                    Op::DeleteRange(DeleteRangeRequest { key, ..Default::default() }),
+                )
+                .await;
             });
         }
     }
@@ -209,7 +213,12 @@ impl Lock for Recipes {
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let key = request.into_inner().key;
-        match self.node.propose(Op::DeleteRange(DeleteRangeRequest { key, ..Default::default() })).await {
+        match crate::services::propose(
+            &self.node,
+            Op::DeleteRange(DeleteRangeRequest { key, ..Default::default() }),
+        )
+        .await
+        {
             Ok(r) => Ok(Response::new(UnlockResponse { header: Some(header_of(&r)) })),
             Err(e) => Err(request_status(e)),
         }

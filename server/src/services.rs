@@ -129,8 +129,23 @@ impl Services {
     }
 
     async fn write(&self, op: Op) -> Result<WriteResponse, Status> {
-        self.node.propose(op).await.map_err(request_status)
+        propose(&self.node, op).await.map_err(request_status)
     }
+}
+
+/// A client's proposal, counted as etcd counts them: pending while it waits, failed when it
+/// could not commit (no leader, leader changed, timed out, stopped). A request the state
+/// machine refused (a compacted revision, an unknown lease) did commit and is no failure.
+pub(crate) async fn propose(node: &NodeHandle, op: Op) -> Result<WriteResponse, RequestError> {
+    let _pending = runtime::metrics::PendingProposal::new();
+    let result = node.propose(op).await;
+    if let Err(
+        RequestError::NoLeader | RequestError::LeaderChanged | RequestError::Timeout | RequestError::Stopped,
+    ) = &result
+    {
+        runtime::metrics::PROPOSALS_FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    result
 }
 
 #[tonic::async_trait]

@@ -237,7 +237,7 @@ pub fn restore(file: &Path, opts: &RestoreOptions) -> Result<(), RestoreError> {
     let wal_dir = opts.wal_dir.clone().unwrap_or_else(|| data_dir.join("member").join("wal"));
     std::fs::create_dir_all(&snap_dir).map_err(write_err(&snap_dir))?;
     let db_path = snap_dir.join("db");
-    let mut img = Image::open(FileBackend::open(&db_path).map_err(write_err(&db_path))?)?;
+    let img = Image::open(FileBackend::open(&db_path).map_err(write_err(&db_path))?)?;
     img.install(&image.encode_to_vec(), keel_core::lease::LessorConfig::default())?;
     drop(image);
     FsDir::open(&snap_dir)

@@ -5,13 +5,17 @@
 //! reads (ReadIndex), writes and compare-and-sets on one register through any node. The
 //! history is checked for linearizability with the `jepsen` checker; invariants are checked
 //! as the run goes: one leader per term, and every node applies the same entry at each index.
+//!
+//! Membership changes through Raft happen under the same faults, at a rate drawn per seed: a
+//! voter is removed (and stops), a fresh member (a new id, an empty disk) joins as a voter or as
+//! a learner that is later promoted. Node ids are small integers, never reused.
 
 use jepsen::checker::{check, CheckOptions, Operation, Register, RegisterInput, RegisterOutput, Verdict};
 use keel_core::pb::etcdserverpb::{
     compare, request_op, Compare, Member, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use keel_core::pb::keelpb::request::Op;
-use keel_core::pb::keelpb::{MessageType, Request};
+use keel_core::pb::keelpb::{ConfChange, ConfChangeType, MessageType, Request};
 use keel_core::raft::{Config, Message, StateRole};
 use keel_core::state_machine::{Applied, WriteResponse};
 use prost::Message as _;
@@ -31,8 +35,8 @@ pub struct Faults {
     pub max_delay: u64,
     pub crash_per_mille: u32,
     pub partition_per_mille: u32,
-    /// Steps per tick, per node (clock drift).
-    pub tick_every: Vec<u64>,
+    /// Steps per tick, per node id (clock drift).
+    pub tick_every: BTreeMap<u64, u64>,
     /// Raft's bound on one append's bytes: small values send one entry per append, which
     /// opens interleavings a large batch hides.
     pub msg_bytes_max: u64,
@@ -46,6 +50,8 @@ pub struct Faults {
     pub pause_per_mille: u32,
     /// Chance per step (‰) that a node's clock steps forward: it ticks up to 20 times at once.
     pub clock_step_per_mille: u32,
+    /// Chance per step (‰) of proposing a membership change; 0 for many seeds.
+    pub member_change_per_mille: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -64,6 +70,14 @@ pub struct ClusterSummary {
     pub snapshots_installed: u32,
     pub pauses: u32,
     pub clock_steps: u32,
+    /// Membership changes applied (each counted once, when the first member applies it): voters
+    /// removed, fresh voters added, learners added, learners promoted, and changes the
+    /// membership rules refused.
+    pub members_removed: u32,
+    pub voters_added: u32,
+    pub learners_added: u32,
+    pub learners_promoted: u32,
+    pub changes_refused: u32,
 }
 
 const KEY: &[u8] = b"r";
@@ -86,11 +100,26 @@ enum ClientState {
 }
 
 pub struct Cluster {
-    /// Per node (index id - 1): the step until which it is paused (0: running).
-    paused_until: Vec<u64>,
+    /// Per node: the step until which it is paused (0: running).
+    paused_until: BTreeMap<u64, u64>,
     rng: SmallRng,
+    /// Membership decisions draw from their own stream, so that a seed that never changes
+    /// membership runs exactly as it did before membership changes existed.
+    member_rng: SmallRng,
+    /// The initial cluster's size: members 1..=n bootstrap it; later ones join it empty.
     n: u64,
+    /// The nodes in the simulation (current members, and members being added or removed):
+    /// `None` while crashed.
     nodes: BTreeMap<u64, Option<SimNode>>,
+    /// Ids removed from the cluster (by a committed change): their nodes stop for good.
+    removed: BTreeSet<u64>,
+    /// Removed members still running, by the step at which they stop: a member that has not
+    /// applied its own removal (cut off, lagging) goes on as it was, as a real one does until
+    /// its operator stops it.
+    stopping: BTreeMap<u64, u64>,
+    next_member_id: u64,
+    /// Membership changes already counted, by request id.
+    changes_seen: BTreeSet<u64>,
     disks: BTreeMap<u64, SimDisk>,
     /// In flight: (delivery time, sequence) -> message.
     net: BTreeMap<(u64, u64), Message>,
@@ -110,7 +139,23 @@ pub struct Cluster {
     seed: u64,
 }
 
+/// A member's record as a conf change carries it. It has a name, so it counts as started for
+/// etcd's quorum checks before a change.
+fn member(id: u64) -> Member {
+    Member {
+        id,
+        name: format!("n{id}"),
+        peer_ur_ls: vec![format!("http://n{id}:2380")],
+        ..Default::default()
+    }
+}
+
+/// The initial members (1..=n) bootstrap the cluster; a later member starts empty and learns the
+/// configuration from the leader's log or snapshot.
 fn identity(id: u64, n: u64) -> Identity {
+    if id > n {
+        return Identity { name: format!("n{id}"), member_id: id, cluster_id: 7, initial_members: vec![] };
+    }
     let members = (1..=n)
         .map(|m| Member {
             id: m,
@@ -132,7 +177,7 @@ fn digest(acc: &mut u64, x: u64) {
 impl Cluster {
     pub fn new(seed: u64, n: u64, clients: usize) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let faults = Faults {
+        let mut faults = Faults {
             drop_pct: rng.random_range(0..15),
             dup_pct: rng.random_range(0..5),
             max_delay: rng.random_range(1..8),
@@ -143,18 +188,32 @@ impl Cluster {
                 rng.random_range(0..6)
             },
             partition_per_mille: rng.random_range(0..20),
-            tick_every: (0..n).map(|_| rng.random_range(1..4)).collect(),
+            tick_every: (1..=n).map(|id| (id, rng.random_range(1..4))).collect(),
             msg_bytes_max: [1, 64, 1 << 20][rng.random_range(0..3)],
             wal_segment_bytes: rng.random_range(4096..=65536),
             snapshot_count: [3, 10, 50, 200, 1 << 30][rng.random_range(0..5)],
             pause_per_mille: rng.random_range(0..6),
             clock_step_per_mille: rng.random_range(0..6),
+            member_change_per_mille: 0,
+        };
+        let mut member_rng = SmallRng::seed_from_u64(seed ^ 0x6d65_6d62_6572_7321);
+        // Swarm testing: some seeds never change membership, some rarely, some often (a change
+        // every ~70 steps, so several land on crashes, partitions and elections).
+        faults.member_change_per_mille = match member_rng.random_range(0..10) {
+            0..3 => 0,
+            3..6 => member_rng.random_range(1..5),
+            _ => member_rng.random_range(5..30),
         };
         let mut c = Cluster {
-            paused_until: vec![0; n as usize],
+            paused_until: (1..=n).map(|id| (id, 0)).collect(),
             rng,
+            member_rng,
             n,
             nodes: BTreeMap::new(),
+            removed: BTreeSet::new(),
+            stopping: BTreeMap::new(),
+            next_member_id: n + 1,
+            changes_seen: BTreeSet::new(),
             disks: (1..=n).map(|id| (id, SimDisk::new(&format!("n{id}")))).collect(),
             net: BTreeMap::new(),
             net_seq: 0,
@@ -211,7 +270,51 @@ impl Cluster {
         let live = n.storage.wal.dir().clone();
         let rng = &mut self.rng;
         self.disks.insert(id, live.crash(&mut |_, unsynced| crate::draw_fault(rng, unsynced)));
-        // Whatever its clients were waiting for is now unknown.
+        self.abandon(n);
+        self.summary.crashes += 1;
+        digest(&mut self.summary.trace_digest, 0xdead ^ id);
+    }
+
+    /// Member `id`'s removal is committed: it stops at once if it applied the removal itself (as
+    /// the server does), otherwise within 300 steps.
+    fn removal_applied(&mut self, id: u64, by: u64) {
+        if self.removed.insert(id) {
+            let delay = self.member_rng.random_range(0..300);
+            self.stopping.insert(id, self.now + delay);
+        }
+        if by == id {
+            self.stop(id);
+        }
+    }
+
+    /// A removed member stops for good, its disk with it; messages to it vanish.
+    fn stop(&mut self, id: u64) {
+        if std::env::var("SIMDBG").is_ok() { eprintln!("t={} stop {id}", self.now); }
+        assert!(self.removed.contains(&id), "only a removed member stops for good");
+        self.stopping.remove(&id);
+        self.disks.remove(&id);
+        self.paused_until.remove(&id);
+        if let Some(Some(n)) = self.nodes.remove(&id) {
+            self.abandon(n);
+        }
+        digest(&mut self.summary.trace_digest, 0x7e30 ^ id);
+    }
+
+    /// A member added to the cluster starts with an empty disk, its own clock rate, and no
+    /// configuration: the leader's log or snapshot tells it.
+    fn add(&mut self, id: u64) {
+        if self.nodes.contains_key(&id) || self.removed.contains(&id) {
+            return; // already running, or already removed again
+        }
+        self.disks.insert(id, SimDisk::new(&format!("n{id}")));
+        self.paused_until.insert(id, 0);
+        self.faults.tick_every.insert(id, self.member_rng.random_range(1..4));
+        self.start(id);
+        digest(&mut self.summary.trace_digest, 0xadd0 ^ id);
+    }
+
+    /// A stopped node's clients stop waiting: their operations' outcomes are unknown.
+    fn abandon(&mut self, n: SimNode) {
         for (_, (client, op)) in n.writes.into_iter() {
             self.give_up(client, op);
         }
@@ -220,8 +323,6 @@ impl Cluster {
         {
             self.give_up(client, op);
         }
-        self.summary.crashes += 1;
-        digest(&mut self.summary.trace_digest, 0xdead ^ id);
     }
 
     /// The client stops waiting: a write's outcome becomes unknown; a read simply did not happen.
@@ -337,7 +438,7 @@ impl Cluster {
     }
 
     fn paused(&self, id: u64) -> bool {
-        self.paused_until[id as usize - 1] > self.now
+        self.paused_until.get(&id).is_some_and(|&until| until > self.now)
     }
 
     fn process(&mut self, id: u64) {
@@ -355,6 +456,8 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("seed {}: storage of node {id} failed: {e}", self.seed));
             let (term, role) = (n.node.term(), n.node.role());
             let mut finished = Vec::new();
+            let mut joined = Vec::new();
+            let mut left = Vec::new();
             if outcome.installed.is_some() {
                 self.summary.snapshots_installed += 1;
                 // Writes proposed here may have been applied inside the snapshot, unseen: their
@@ -371,6 +474,30 @@ impl Cluster {
                         "seed {}: state machine safety: node {id} applied a different entry at {index}",
                         self.seed
                     );
+                }
+                if let Applied::ConfChange { change, result } = effect {
+                    let kind = ConfChangeType::try_from(change.change_type).expect("a known change type");
+                    if std::env::var("SIMDBG").is_ok() { eprintln!("t={} node {id} applied {index} {:?} {} promote={} {:?} conf={:?}", self.now, kind, change.node_id, change.promote, result, n.node.conf_state()); }
+                    if self.changes_seen.insert(change.id) {
+                        let s = &mut self.summary;
+                        match (kind, change.promote, result.is_ok()) {
+                            (_, _, false) => s.changes_refused += 1,
+                            (ConfChangeType::RemoveNode, ..) => s.members_removed += 1,
+                            (ConfChangeType::AddNode, true, _) => s.learners_promoted += 1,
+                            (ConfChangeType::AddNode, false, _) => s.voters_added += 1,
+                            (ConfChangeType::AddLearnerNode, ..) => s.learners_added += 1,
+                            (ConfChangeType::UpdateNode, ..) => {}
+                        }
+                    }
+                    // The operator acts once the change is committed: a removed member is
+                    // stopped, an added one started.
+                    match (kind, change.promote, result) {
+                        (ConfChangeType::RemoveNode, _, Ok(())) => left.push(change.node_id),
+                        (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode, false, Ok(())) => {
+                            joined.push(change.node_id)
+                        }
+                        _ => {}
+                    }
                 }
                 if let Applied::Write { request_id, result, .. } = effect {
                     if let Some((client, op)) = n.writes.remove(request_id) {
@@ -433,7 +560,89 @@ impl Cluster {
             for (client, op) in served {
                 self.finish(client, op, RegisterOutput::Read(value));
             }
+            for member in joined {
+                self.add(member);
+            }
+            for member in left {
+                self.removal_applied(member, id);
+            }
         }
+    }
+
+    /// Proposes one membership change, chosen from the leader's view of the configuration: a
+    /// learner is promoted once it has caught up (or, sometimes, removed); a configuration short
+    /// of the initial size gains a fresh member, as a voter or as a learner; a full one loses a
+    /// voter (the leader itself, sometimes) or gains a learner. The proposal goes through the
+    /// leader or, sometimes, through another member that forwards it. The core keeps one change
+    /// pending at a time; the membership rules refuse the rest when they apply.
+    fn change_membership(&mut self) {
+        let leader = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| n.as_ref().map(|n| (*id, n)))
+            .filter(|(id, n)| n.node.role() == StateRole::Leader && !self.paused(*id))
+            .max_by_key(|(_, n)| n.node.term())
+            .map(|(id, _)| id);
+        let Some(leader) = leader else { return };
+        let n = self.nodes[&leader].as_ref().unwrap();
+        let ms = n.sm.membership();
+        let conf = ms.conf_state();
+        let rng = &mut self.member_rng;
+        let (change_type, node_id, promote) = if let Some(&learner) = conf.learners.first() {
+            let progress = n.node.progress();
+            let caught_up = match (progress.get(&learner), progress.get(&leader)) {
+                (Some(l), Some(lead)) => l.matched * 10 >= lead.matched * 9,
+                _ => false,
+            };
+            if caught_up && ms.ready_to_promote() {
+                (ConfChangeType::AddNode, learner, true)
+            } else if rng.random_bool(0.1) {
+                (ConfChangeType::RemoveNode, learner, false)
+            } else {
+                return;
+            }
+        } else if (conf.voters.len() as u64) < self.n
+            || (conf.voters.len() as u64 == self.n && rng.random_bool(0.4))
+        {
+            let as_learner = conf.voters.len() as u64 >= self.n || rng.random_bool(0.5);
+            if !as_learner && !ms.ready_to_add_voter() {
+                return;
+            }
+            let id = self.next_member_id;
+            self.next_member_id += 1;
+            let kind = if as_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+            (kind, id, false)
+        } else {
+            let voter = conf.voters[rng.random_range(0..conf.voters.len())];
+            if conf.voters.len() < 3 || !ms.ready_to_remove_voter(voter) {
+                return;
+            }
+            (ConfChangeType::RemoveNode, voter, false)
+        };
+        let context = match change_type {
+            ConfChangeType::RemoveNode => Vec::new(),
+            _ if promote => Vec::new(),
+            _ => member(node_id).encode_to_vec(),
+        };
+        let cc = ConfChange {
+            change_type: change_type as i32,
+            node_id,
+            context: context.into(),
+            id: self.next_id,
+            promote,
+        };
+        self.next_id += 1;
+        let up: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect();
+        let via = if self.member_rng.random_bool(0.7) {
+            leader
+        } else {
+            up[self.member_rng.random_range(0..up.len())]
+        };
+        let n = self.nodes.get_mut(&via).unwrap().as_mut().unwrap();
+        // Refused (a change pending, no leader known): nothing happened; a later step tries again.
+        let r = n.node.propose_conf_change(&cc);
+        if std::env::var("SIMDBG").is_ok() { eprintln!("t={} propose via {via} (leader {leader}) {:?} {node_id} -> {r:?}", self.now, change_type); }
+        digest(&mut self.summary.trace_digest, 0xcc ^ (node_id << 8) ^ ((change_type as u64) << 4));
     }
 
     fn deliver_due(&mut self) {
@@ -447,7 +656,7 @@ impl Cluster {
             }
             if self.paused(m.to) {
                 // Held in the network (a socket buffer) until the node runs again.
-                let resume = self.paused_until[m.to as usize - 1];
+                let resume = self.paused_until[&m.to];
                 self.net_seq += 1;
                 self.net.insert((resume, self.net_seq), m);
                 continue;
@@ -462,8 +671,9 @@ impl Cluster {
     /// One step of simulated time. `faults` turns fault injection on or off.
     fn step(&mut self, faults: bool) {
         self.now += 1;
-        for id in 1..=self.n {
-            if self.now.is_multiple_of(self.faults.tick_every[id as usize - 1]) && !self.paused(id) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for &id in &ids {
+            if self.now.is_multiple_of(self.faults.tick_every[&id]) && !self.paused(id) {
                 if let Some(Some(n)) = self.nodes.get_mut(&id) {
                     n.node.tick();
                 }
@@ -472,12 +682,13 @@ impl Cluster {
         self.deliver_due();
         if faults {
             if self.rng.random_range(0..1000) < self.faults.pause_per_mille {
-                let id = self.rng.random_range(1..=self.n);
-                self.paused_until[id as usize - 1] = self.now + self.rng.random_range(10..200);
+                let id = ids[self.rng.random_range(0..ids.len())];
+                let until = self.now + self.rng.random_range(10..200);
+                self.paused_until.insert(id, until);
                 self.summary.pauses += 1;
             }
             if self.rng.random_range(0..1000) < self.faults.clock_step_per_mille {
-                let id = self.rng.random_range(1..=self.n);
+                let id = ids[self.rng.random_range(0..ids.len())];
                 let ticks = self.rng.random_range(1..=20);
                 if let Some(Some(n)) = self.nodes.get_mut(&id) {
                     for _ in 0..ticks {
@@ -487,14 +698,16 @@ impl Cluster {
                 }
             }
             if self.rng.random_range(0..1000) < self.faults.crash_per_mille {
-                let id = self.rng.random_range(1..=self.n);
+                let id = ids[self.rng.random_range(0..ids.len())];
                 self.crash(id);
             }
-            if self.rng.random_range(0..1000) < self.faults.partition_per_mille {
+            // A cluster shrunk to one member (concurrent removals can do that) has none to cut off.
+            if self.rng.random_range(0..1000) < self.faults.partition_per_mille && ids.len() > 1 {
                 self.summary.partitions += 1;
                 if self.partition.is_empty() {
-                    let cut = self.rng.random_range(1..self.n);
-                    let mut ids: Vec<u64> = (1..=self.n).collect();
+                    // Members that join later are on the side of no group: cut off until healed.
+                    let cut = self.rng.random_range(1..ids.len() as u64);
+                    let mut ids = ids.clone();
                     for i in (1..ids.len()).rev() {
                         ids.swap(i, self.rng.random_range(0..=i));
                     }
@@ -506,11 +719,18 @@ impl Cluster {
                     self.partition.clear();
                 }
             }
+            if self.member_rng.random_range(0..1000) < self.faults.member_change_per_mille {
+                self.change_membership();
+            }
         }
-        for id in 1..=self.n {
-            if !self.nodes.get(&id).is_some_and(|n| n.is_some())
-                && (!faults || self.rng.random_range(0..100) < 2)
-            {
+        let due: Vec<u64> =
+            self.stopping.iter().filter(|(_, at)| **at <= self.now).map(|(id, _)| *id).collect();
+        for id in due {
+            self.stop(id);
+        }
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if self.nodes[&id].is_none() && (!faults || self.rng.random_range(0..100) < 2) {
                 self.start(id);
             }
         }
@@ -533,7 +753,8 @@ impl Cluster {
                 }
             }
         }
-        for id in 1..=self.n {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
             self.process(id);
         }
     }
@@ -545,7 +766,7 @@ impl Cluster {
             self.step(true);
         }
         self.partition.clear();
-        self.paused_until.iter_mut().for_each(|p| *p = 0);
+        self.paused_until.values_mut().for_each(|p| *p = 0);
         for _ in 0..2000 {
             self.step(false);
             if self.clients.iter().all(|c| matches!(c, ClientState::Idle)) {

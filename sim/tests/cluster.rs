@@ -1,6 +1,8 @@
 //! Seeded chaos over a 3-node (and 5-node) cluster of the real core, Ready handling and WAL;
 //! histories checked for linearizability. `KEEL_SIM_CLUSTER_SEEDS` (default 200) seeds run,
 //! `KEEL_SIM_SEED=<n>` replays one, `KEEL_SIM_CLUSTER_STEPS` sets the faulty steps (default 3000).
+//! Membership changes (voters removed, fresh members added as voters or as learners, then
+//! promoted) go through Raft under the same faults, at a rate each seed draws.
 
 use sim::cluster::Cluster;
 
@@ -17,6 +19,9 @@ fn clusters_stay_linearizable_under_faults() {
     };
     let (mut ok, mut unknown, mut crashes, mut partitions, mut unchecked, mut runs) = (0, 0, 0, 0, 0, 0);
     let (mut checkpoints, mut installs, mut pauses, mut steps_taken) = (0, 0, 0, 0);
+    // Membership changes applied: voters removed, fresh voters added, learners added and
+    // promoted, and changes the membership rules refused.
+    let (mut removed, mut added, mut learners, mut promoted, mut refused) = (0, 0, 0, 0, 0);
     for seed in seeds {
         let n = if seed % 4 == 3 { 5 } else { 3 };
         match std::panic::catch_unwind(|| Cluster::new(seed, n, 3).run(steps)) {
@@ -30,6 +35,11 @@ fn clusters_stay_linearizable_under_faults() {
                 installs += s.snapshots_installed;
                 pauses += s.pauses;
                 steps_taken += s.clock_steps;
+                removed += s.members_removed;
+                added += s.voters_added;
+                learners += s.learners_added;
+                promoted += s.learners_promoted;
+                refused += s.changes_refused;
                 runs += 1;
             }
             Err(_) => panic!("cluster simulation failed: SIM_SEED={seed} (replay with KEEL_SIM_SEED={seed})"),
@@ -38,7 +48,9 @@ fn clusters_stay_linearizable_under_faults() {
     eprintln!(
         "{runs} runs: {ok} operations completed, {unknown} unknown, {crashes} crashes, {partitions} partition \
          changes, {pauses} pauses, {steps_taken} clock steps, {checkpoints} image saves, {installs} \
-         snapshots installed; {unchecked} histories beyond the checker's budget"
+         snapshots installed; membership: {removed} voters removed, {added} voters added, {learners} \
+         learners added, {promoted} promoted, {refused} refused; {unchecked} histories beyond the \
+         checker's budget"
     );
     // A history the checker cannot decide proves nothing; they must stay rare.
     assert!(unchecked * 10 <= runs, "{unchecked} of {runs} histories were beyond the checker's budget");
@@ -47,6 +59,10 @@ fn clusters_stay_linearizable_under_faults() {
         assert!(
             checkpoints > 0 && installs > 0,
             "members saved images and lagging ones caught up by snapshot"
+        );
+        assert!(
+            removed > 0 && added > 0 && learners > 0 && promoted > 0,
+            "members were removed, and fresh ones added as voters and as learners that were promoted"
         );
     }
 }

@@ -423,7 +423,9 @@ impl<'db, F: PageFile> WriteTxn<'db, F> {
         if self.broken {
             return Err(DbError::Poisoned { file: self.db.pager.name.clone() });
         }
+        let started = std::time::Instant::now();
         let r = self.commit_inner();
+        crate::metrics::BACKEND_COMMIT.observe(started.elapsed());
         if r.is_err() {
             self.db.poisoned = true;
         }
