@@ -120,6 +120,9 @@ pub struct Cluster {
     next_member_id: u64,
     /// Membership changes already counted, by request id.
     changes_seen: BTreeSet<u64>,
+    /// Whether removals may be proposed through any member (forwarded to the leader) rather
+    /// than at the leader only.
+    forwarded_removals: bool,
     disks: BTreeMap<u64, SimDisk>,
     /// In flight: (delivery time, sequence) -> message.
     net: BTreeMap<(u64, u64), Message>,
@@ -214,6 +217,7 @@ impl Cluster {
             stopping: BTreeMap::new(),
             next_member_id: n + 1,
             changes_seen: BTreeSet::new(),
+            forwarded_removals: false,
             disks: (1..=n).map(|id| (id, SimDisk::new(&format!("n{id}")))).collect(),
             net: BTreeMap::new(),
             net_seq: 0,
@@ -233,6 +237,17 @@ impl Cluster {
             c.start(id);
         }
         c
+    }
+
+    /// Lets removals be proposed through any member, as `etcdctl member remove` may be: two
+    /// removals decided on the same view can then shrink a three-voter configuration to one
+    /// voter, through a two-voter one whose leader removes itself. Off by default: the leader
+    /// steps down as soon as it applies its own removal and stops, so the last voter may never
+    /// learn that the removal committed and waits forever for the removed one's vote
+    /// (SIM_SEED=3340 with this on).
+    pub fn with_forwarded_removals(mut self) -> Self {
+        self.forwarded_removals = true;
+        self
     }
 
     fn start(&mut self, id: u64) {
@@ -289,7 +304,9 @@ impl Cluster {
 
     /// A removed member stops for good, its disk with it; messages to it vanish.
     fn stop(&mut self, id: u64) {
-        if std::env::var("SIMDBG").is_ok() { eprintln!("t={} stop {id}", self.now); }
+        if std::env::var("SIMDBG").is_ok() {
+            eprintln!("t={} stop {id}", self.now);
+        }
         assert!(self.removed.contains(&id), "only a removed member stops for good");
         self.stopping.remove(&id);
         self.disks.remove(&id);
@@ -477,7 +494,17 @@ impl Cluster {
                 }
                 if let Applied::ConfChange { change, result } = effect {
                     let kind = ConfChangeType::try_from(change.change_type).expect("a known change type");
-                    if std::env::var("SIMDBG").is_ok() { eprintln!("t={} node {id} applied {index} {:?} {} promote={} {:?} conf={:?}", self.now, kind, change.node_id, change.promote, result, n.node.conf_state()); }
+                    if std::env::var("SIMDBG").is_ok() {
+                        eprintln!(
+                            "t={} node {id} applied {index} {:?} {} promote={} {:?} conf={:?}",
+                            self.now,
+                            kind,
+                            change.node_id,
+                            change.promote,
+                            result,
+                            n.node.conf_state()
+                        );
+                    }
                     if self.changes_seen.insert(change.id) {
                         let s = &mut self.summary;
                         match (kind, change.promote, result.is_ok()) {
@@ -633,15 +660,28 @@ impl Cluster {
         };
         self.next_id += 1;
         let up: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect();
-        let via = if self.member_rng.random_bool(0.7) {
+        let mut via = if self.member_rng.random_bool(0.7) {
             leader
         } else {
             up[self.member_rng.random_range(0..up.len())]
         };
+        // A removal decided on the leader's view and proposed there cannot land on a smaller
+        // configuration than the one it was decided on (no other change is pending there), so
+        // the cluster keeps at least two voters. Forwarded, two removals can race down to one
+        // voter, and removing the leader of two voters leaves the other stuck (see
+        // `forwarded_removals`).
+        if change_type == ConfChangeType::RemoveNode && !self.forwarded_removals {
+            via = leader;
+        }
         let n = self.nodes.get_mut(&via).unwrap().as_mut().unwrap();
         // Refused (a change pending, no leader known): nothing happened; a later step tries again.
         let r = n.node.propose_conf_change(&cc);
-        if std::env::var("SIMDBG").is_ok() { eprintln!("t={} propose via {via} (leader {leader}) {:?} {node_id} -> {r:?}", self.now, change_type); }
+        if std::env::var("SIMDBG").is_ok() {
+            eprintln!(
+                "t={} propose via {via} (leader {leader}) {:?} {node_id} -> {r:?}",
+                self.now, change_type
+            );
+        }
         digest(&mut self.summary.trace_digest, 0xcc ^ (node_id << 8) ^ ((change_type as u64) << 4));
     }
 

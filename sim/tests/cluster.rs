@@ -67,6 +67,16 @@ fn clusters_stay_linearizable_under_faults() {
     }
 }
 
+/// Known liveness bug, open: the leader of a two-voter configuration that applies its own
+/// removal steps down at once (and the server stops it), before any message tells the other
+/// voter the removal committed; that voter, still counting the removed member, can never win
+/// an election. Seed 3340 reaches it through two removals proposed at different members.
+#[test]
+#[ignore]
+fn removing_the_leader_of_two_voters_keeps_the_cluster_available() {
+    Cluster::new(3340, 3, 3).with_forwarded_removals().run(3000);
+}
+
 #[test]
 fn same_seed_same_cluster_run() {
     let a = Cluster::new(5, 3, 3).run(1000);
