@@ -304,9 +304,6 @@ impl Cluster {
 
     /// A removed member stops for good, its disk with it; messages to it vanish.
     fn stop(&mut self, id: u64) {
-        if std::env::var("SIMDBG").is_ok() {
-            eprintln!("t={} stop {id}", self.now);
-        }
         assert!(self.removed.contains(&id), "only a removed member stops for good");
         self.stopping.remove(&id);
         self.disks.remove(&id);
@@ -494,17 +491,6 @@ impl Cluster {
                 }
                 if let Applied::ConfChange { change, result } = effect {
                     let kind = ConfChangeType::try_from(change.change_type).expect("a known change type");
-                    if std::env::var("SIMDBG").is_ok() {
-                        eprintln!(
-                            "t={} node {id} applied {index} {:?} {} promote={} {:?} conf={:?}",
-                            self.now,
-                            kind,
-                            change.node_id,
-                            change.promote,
-                            result,
-                            n.node.conf_state()
-                        );
-                    }
                     if self.changes_seen.insert(change.id) {
                         let s = &mut self.summary;
                         match (kind, change.promote, result.is_ok()) {
@@ -675,13 +661,7 @@ impl Cluster {
         }
         let n = self.nodes.get_mut(&via).unwrap().as_mut().unwrap();
         // Refused (a change pending, no leader known): nothing happened; a later step tries again.
-        let r = n.node.propose_conf_change(&cc);
-        if std::env::var("SIMDBG").is_ok() {
-            eprintln!(
-                "t={} propose via {via} (leader {leader}) {:?} {node_id} -> {r:?}",
-                self.now, change_type
-            );
-        }
+        let _ = n.node.propose_conf_change(&cc);
         digest(&mut self.summary.trace_digest, 0xcc ^ (node_id << 8) ^ ((change_type as u64) << 4));
     }
 
