@@ -51,6 +51,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// Why the node task stops when this member applied its own removal (etcd's words).
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+/// Ticks a member that applied its own removal goes on running (etcd's `stopWithDelay`).
+pub const REMOVED_STOP_DELAY_TICKS: u64 = 10;
 
 type MemberWaiter = (Option<Member>, oneshot::Sender<Result<MembersChanged, RequestError>>);
 
@@ -403,6 +405,8 @@ struct Driver<D: Dir, F: PageFile> {
     members_tx: watch::Sender<Arc<MembersView>>,
     /// This member applied its own removal: it stops.
     removed: bool,
+    /// When a member that applied its own removal stops (in ticks).
+    stop_at_tick: Option<u64>,
     /// Reads collected in this batch; they share one ReadIndex.
     new_reads: Vec<RangeReply>,
     /// Read batches by ReadIndex context, waiting for their read state.
@@ -447,6 +451,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         outbox: HashMap::new(),
         members_tx,
         removed: false,
+        stop_at_tick: None,
         new_reads: Vec::new(),
         reads_by_ctx: HashMap::new(),
         read_issued: HashMap::new(),
@@ -521,6 +526,9 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
             if let Err(e) = d.drain_ready().and_then(|()| d.serve_snapshots()) {
                 tracing::error!(error = %e, "stopping the node: the WAL failed");
                 return Err(e);
+            }
+            if d.stop_at_tick.is_some_and(|t| d.ticks >= t) {
+                d.removed = true;
             }
             if d.removed {
                 tracing::warn!("the member has been permanently removed from the cluster");
@@ -1038,8 +1046,10 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             let _ = reply.send(reply_value);
         }
         let removal = change.change_type == ConfChangeType::RemoveNode as i32;
-        if result.is_ok() && removal && change.node_id == self.cfg.member_id {
-            self.removed = true;
+        if result.is_ok() && removal && change.node_id == self.cfg.member_id && self.stop_at_tick.is_none() {
+            // Stop a little later, as etcd does (10 ticks): a removed leader's heartbeats tell
+            // the others that the removal committed.
+            self.stop_at_tick = Some(self.ticks + REMOVED_STOP_DELAY_TICKS);
         }
     }
 

@@ -783,16 +783,30 @@ impl Watch for Services {
     }
 }
 
+/// How long a follower waits for a leader (and its published client URL) before a forwarded
+/// lease request fails, checking every [`LEADER_CHECK`]: as etcd's lease forwarding does, up to
+/// its request timeout.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const LEADER_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A Lease client to the leader's (published) client URL.
 async fn leader_lease_client(node: &NodeHandle) -> Result<LeaseClient<Channel>, Status> {
     let no_leader = || Status::unavailable("etcdserver: no leader");
-    let s = node.status().await.map_err(request_status)?;
-    let url = s
-        .members
-        .iter()
-        .find(|m| m.id == s.leader && s.leader != 0)
-        .and_then(|m| m.client_ur_ls.first().cloned())
-        .ok_or_else(no_leader)?;
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    let url = loop {
+        let s = node.status().await.map_err(request_status)?;
+        let url = s
+            .members
+            .iter()
+            .find(|m| m.id == s.leader && s.leader != 0)
+            .and_then(|m| m.client_ur_ls.first().cloned());
+        match url {
+            Some(url) => break url,
+            // Just after an election the leader may not have published its client URLs yet.
+            None if tokio::time::Instant::now() < deadline => tokio::time::sleep(LEADER_CHECK).await,
+            None => return Err(no_leader()),
+        }
+    };
     let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(|_| no_leader())?;
     let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(1))

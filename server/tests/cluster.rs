@@ -267,3 +267,93 @@ fn a_member_far_behind_catches_up_by_snapshot() {
         }
     }
 }
+
+/// An HTTP/1.0 POST (the JSON gateway), answering (status, body).
+fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The Rust `etcd-client` crate and the JSON gateway against a three-member cluster, through
+/// followers as well as the leader: writes, reads, txns, leases and watches go through any
+/// member and are seen through any other.
+#[test]
+fn real_clients_against_three_members() {
+    let bins = provision();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut members, cluster) = three_members();
+    for m in members.iter_mut() {
+        start(m, &cluster, dir.path());
+    }
+    let l = leader(&bins, &members);
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+    let url = |i: usize| format!("http://127.0.0.1:{}", members[i].client);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp};
+        let mut via_f1 = Client::connect([url(f1)], None).await.unwrap();
+        let mut via_f2 = Client::connect([url(f2)], None).await.unwrap();
+        via_f1.put("rc/a", "1", None).await.unwrap();
+        let got = via_f2.get("rc/a", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), b"1", "a write through one follower is read through the other");
+
+        // A txn through a follower: compare-and-set on the value.
+        let txn = Txn::new()
+            .when([Compare::value("rc/a", CompareOp::Equal, "1")])
+            .and_then([TxnOp::put("rc/a", "2", None)]);
+        assert!(via_f2.txn(txn).await.unwrap().succeeded());
+
+        // A watch on one follower sees a write made through the other.
+        let mut stream = via_f1.watch("rc/w", None).await.unwrap();
+        via_f2.put("rc/w", "seen", None).await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let resp = stream.message().await.unwrap().expect("the watch stream stays open");
+                if let Some(e) = resp.events().first() {
+                    return (e.event_type(), e.kv().unwrap().value().to_vec());
+                }
+            }
+        })
+        .await
+        .expect("the event arrives");
+        assert_eq!(event, (EventType::Put, b"seen".to_vec()));
+
+        // Leases through followers: granted through one, attached through the other.
+        let lease = via_f1.lease_grant(60, None).await.unwrap().id();
+        via_f2.put("rc/leased", "x", Some(PutOptions::new().with_lease(lease))).await.unwrap();
+        let ttl = via_f2.lease_time_to_live(lease, None).await.unwrap();
+        assert!(ttl.ttl() > 50, "{}", ttl.ttl());
+        via_f1.lease_revoke(lease).await.unwrap();
+        let gone = via_f2.get("rc/leased", Some(GetOptions::new().with_serializable())).await;
+        assert!(gone.is_ok());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while via_f2.get("rc/leased", None).await.unwrap().count() != 0 {
+            assert!(Instant::now() < deadline, "the revoked lease's key is deleted everywhere");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    // The JSON gateway on followers: a put through one, a range through the other.
+    let (status, body) =
+        post(members[f1].client, "/v3/kv/put", r#"{"key":"cmMvZ3c=","value":"Z2F0ZXdheQ=="}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(members[f2].client, "/v3/kv/range", r#"{"key":"cmMvZ3c="}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""value":"Z2F0ZXdheQ==""#), "the gateway reads the gateway's write: {body}");
+    let (status, body) =
+        post(members[l].client, "/v3/kv/range", r#"{"key":"cmMv","range_end":"cmMw","count_only":true}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""count":"3""#), "rc/a, rc/w and rc/gw through the leader: {body}");
+}

@@ -94,10 +94,22 @@ struct Ids(HashMap<String, String>);
 
 impl Ids {
     fn normalise(&self, s: &str) -> String {
-        let mut s = s.to_string();
-        for (id, name) in &self.0 {
-            s = s.replace(&format!("{id:>16}"), &format!("<{name}>")).replace(id, &format!("<{name}>"));
-        }
+        // A time-derived id can have fewer than 16 hex digits; table cells pad it on the left, so
+        // there the padded form is replaced (elsewhere that would eat the space before it).
+        let s = s
+            .lines()
+            .map(|line| {
+                let mut line = line.to_string();
+                for (id, name) in &self.0 {
+                    if line.starts_with('|') {
+                        line = line.replace(&format!("{id:>16}"), &format!("<{name}>"));
+                    }
+                    line = line.replace(id, &format!("<{name}>"));
+                }
+                line
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         // The new member's position in ETCD_INITIAL_CLUSTER follows its id: sort the entries.
         s.lines()
             .map(|l| match l.strip_prefix("ETCD_INITIAL_CLUSTER=\"") {
@@ -328,4 +340,16 @@ fn member_commands_match_etcd_and_lose_no_write() {
         assert_eq!(k, e, "keel (left) differs from etcd (right)");
     }
     assert_eq!(etcd.len(), keel.len());
+}
+
+/// Found in a fresh-clone CI run: an id with 15 hex digits (one in 16 time-derived ids) was
+/// replaced with the space before it outside tables.
+#[test]
+fn short_ids_normalise_in_commands_and_tables() {
+    let ids = Ids([("f3a0b1c2d3e4f56".to_string(), "infra4".to_string())].into_iter().collect());
+    assert_eq!(
+        ids.normalise("$ member update f3a0b1c2d3e4f56 --peer-urls=x"),
+        "$ member update <infra4> --peer-urls=x"
+    );
+    assert_eq!(ids.normalise("|  f3a0b1c2d3e4f56 | started |"), "| <infra4> | started |");
 }

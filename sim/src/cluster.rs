@@ -290,15 +290,20 @@ impl Cluster {
         digest(&mut self.summary.trace_digest, 0xdead ^ id);
     }
 
-    /// Member `id`'s removal is committed: it stops at once if it applied the removal itself (as
-    /// the server does), otherwise within 300 steps.
+    /// Member `id`'s removal is committed: it stops a few ticks after it applied the removal
+    /// itself (as the server does), otherwise within 300 steps.
     fn removal_applied(&mut self, id: u64, by: u64) {
         if self.removed.insert(id) {
             let delay = self.member_rng.random_range(0..300);
             self.stopping.insert(id, self.now + delay);
         }
         if by == id {
-            self.stop(id);
+            // As the server: it goes on for a few ticks (a removed leader's heartbeats carry the
+            // commit), then stops.
+            let ticks = runtime::node::REMOVED_STOP_DELAY_TICKS;
+            let at = self.now + ticks * self.faults.tick_every.get(&id).copied().unwrap_or(1);
+            let entry = self.stopping.entry(id).or_insert(at);
+            *entry = (*entry).min(at);
         }
     }
 
