@@ -33,8 +33,15 @@ fn args(m: &Member, cluster: &str, dir: &std::path::Path) -> Vec<String> {
 }
 
 fn start(m: &mut Member, cluster: &str, dir: &std::path::Path) {
+    start_with(m, cluster, dir, &[]);
+}
+
+/// Starts a member with flags beyond the common ones.
+fn start_with(m: &mut Member, cluster: &str, dir: &std::path::Path, extra: &[&str]) {
     let log = dir.join(format!("{}-{}.log", m.name, Instant::now().elapsed().as_nanos()));
-    let mut p = Proc::spawn(&m.name, &common::keel_bin(), &args(m, cluster, dir), &log);
+    let mut a = args(m, cluster, dir);
+    a.extend(extra.iter().map(|x| x.to_string()));
+    let mut p = Proc::spawn(&m.name, &common::keel_bin(), &a, &log);
     p.wait_listening(SocketAddr::from(([127, 0, 0, 1], m.client)), Duration::from_secs(30));
     m.proc = Some(p);
 }
@@ -84,6 +91,13 @@ fn leader(bins: &jepsen::EtcdBins, members: &[Member]) -> usize {
 }
 
 /// Three members on free ports, and their `--initial-cluster`.
+/// One three-member cluster at a time: twelve servers at once on a 2-core machine starve
+/// elections (a follower once saw no leader for 30 s while another build ran).
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn three_members() -> (Vec<Member>, String) {
     let members: Vec<Member> = (1..=3)
         .map(|i| Member { name: format!("infra{i}"), client: free_port(), peer: free_port(), proc: None })
@@ -98,6 +112,7 @@ fn three_members() -> (Vec<Member>, String) {
 
 #[test]
 fn three_members_survive_the_loss_of_the_leader() {
+    let _serial = one_cluster_at_a_time();
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
     let (mut members, cluster) = three_members();
@@ -169,6 +184,7 @@ fn three_members_survive_the_loss_of_the_leader() {
 /// `member list` in every format must be identical, ids included.
 #[test]
 fn member_list_of_a_three_member_cluster_matches_etcd() {
+    let _serial = one_cluster_at_a_time();
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
     let (mut members, cluster) = three_members();
@@ -209,17 +225,11 @@ fn member_list_of_a_three_member_cluster_matches_etcd() {
 /// acknowledged is lost.
 #[test]
 fn a_member_far_behind_catches_up_by_snapshot() {
+    let _serial = one_cluster_at_a_time();
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
     let (mut members, cluster) = three_members();
-    let start_small = |m: &mut Member| {
-        let log = dir.path().join(format!("{}-{}.log", m.name, Instant::now().elapsed().as_nanos()));
-        let mut a = args(m, &cluster, dir.path());
-        a.push("--snapshot-count=20".to_string());
-        let mut p = Proc::spawn(&m.name, &common::keel_bin(), &a, &log);
-        p.wait_listening(SocketAddr::from(([127, 0, 0, 1], m.client)), Duration::from_secs(30));
-        m.proc = Some(p);
-    };
+    let start_small = |m: &mut Member| start_with(m, &cluster, dir.path(), &["--snapshot-count=20"]);
     for m in members.iter_mut() {
         start_small(m);
     }
@@ -291,6 +301,7 @@ fn post(port: u16, path: &str, body: &str) -> (u16, String) {
 /// member and are seen through any other.
 #[test]
 fn real_clients_against_three_members() {
+    let _serial = one_cluster_at_a_time();
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
     let (mut members, cluster) = three_members();
