@@ -2,7 +2,7 @@
 //! and stdout, error lines and exit codes must be equal (member and cluster ids, which differ
 //! between the two servers, are normalised).
 
-use jepsen::{etcdctl, free_port, provision, user_stderr, CmdOutput, MemberSpec, Server};
+use jepsen::{etcdctl, provision, user_stderr, CmdOutput, MemberSpec, Server};
 use std::process::Command;
 
 fn keelctl(endpoint: &str, args: &[&str]) -> CmdOutput {
@@ -19,13 +19,7 @@ fn keelctl(endpoint: &str, args: &[&str]) -> CmdOutput {
 }
 
 fn etcd(dir: &std::path::Path, name: &str, bins: &jepsen::EtcdBins) -> Server {
-    let spec = MemberSpec {
-        name: name.to_string(),
-        data_dir: dir.join(name),
-        client_port: free_port(),
-        peer_url: format!("http://127.0.0.1:{}", free_port()),
-        token: "etcd-cluster".to_string(),
-    };
+    let spec = MemberSpec::local(name, dir.join(name), "etcd-cluster");
     Server::start("etcd", &bins.etcd, spec, &bins.etcdctl)
 }
 

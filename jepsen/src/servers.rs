@@ -18,6 +18,21 @@ pub struct MemberSpec {
 }
 
 impl MemberSpec {
+    /// A single member on loopback, on free client and peer ports.
+    pub fn local(name: &str, data_dir: PathBuf, token: &str) -> MemberSpec {
+        MemberSpec {
+            name: name.to_string(),
+            data_dir,
+            client_port: crate::free_port(),
+            peer_url: format!("http://127.0.0.1:{}", crate::free_port()),
+            token: token.to_string(),
+        }
+    }
+
+    /// Asks that the keel binary at `path` exists, naming the command that builds it.
+    pub fn require_release_keel(path: &Path) {
+        assert!(path.exists(), "{} not found: run `cargo build --release -p server` first", path.display());
+    }
     pub fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }

@@ -98,6 +98,20 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Three members started with `extra` flags, and the index of the one that leads.
+fn running_cluster(
+    bins: &jepsen::EtcdBins,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Vec<Member>, String, usize) {
+    let (mut members, cluster) = three_members();
+    for m in members.iter_mut() {
+        start_with(m, &cluster, dir, extra);
+    }
+    let l = leader(bins, &members);
+    (members, cluster, l)
+}
+
 fn three_members() -> (Vec<Member>, String) {
     let members: Vec<Member> = (1..=3)
         .map(|i| Member { name: format!("infra{i}"), client: free_port(), peer: free_port(), proc: None })
@@ -115,11 +129,7 @@ fn three_members_survive_the_loss_of_the_leader() {
     let _serial = one_cluster_at_a_time();
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
-    let (mut members, cluster) = three_members();
-    for m in members.iter_mut() {
-        start(m, &cluster, dir.path());
-    }
-    let l = leader(&bins, &members);
+    let (mut members, cluster, l) = running_cluster(&bins, dir.path(), &[]);
     let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
     until_ok(&bins, &endpoint(&members[f1]), &["put", "k1", "v1"]);
     assert_eq!(until_ok(&bins, &endpoint(&members[f2]), &["get", "k1", "--print-value-only"]), "v1\n");
@@ -228,12 +238,9 @@ fn a_member_far_behind_catches_up_by_snapshot() {
     let _serial = one_cluster_at_a_time();
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
-    let (mut members, cluster) = three_members();
-    let start_small = |m: &mut Member| start_with(m, &cluster, dir.path(), &["--snapshot-count=20"]);
-    for m in members.iter_mut() {
-        start_small(m);
-    }
-    let l = leader(&bins, &members);
+    const SMALL: &[&str] = &["--snapshot-count=20"];
+    let (mut members, cluster, l) = running_cluster(&bins, dir.path(), SMALL);
+    let start_small = |m: &mut Member| start_with(m, &cluster, dir.path(), SMALL);
     let behind = (l + 1) % 3;
     members[behind].proc.take().unwrap().signal_and_wait(libc::SIGKILL);
     for i in 0..300 {
@@ -304,11 +311,7 @@ fn real_clients_against_three_members() {
     let _serial = one_cluster_at_a_time();
     let bins = provision();
     let dir = tempfile::tempdir().unwrap();
-    let (mut members, cluster) = three_members();
-    for m in members.iter_mut() {
-        start(m, &cluster, dir.path());
-    }
-    let l = leader(&bins, &members);
+    let (members, _cluster, l) = running_cluster(&bins, dir.path(), &[]);
     let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
     let url = |i: usize| format!("http://127.0.0.1:{}", members[i].client);
     let rt = tokio::runtime::Runtime::new().unwrap();

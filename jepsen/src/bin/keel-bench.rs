@@ -8,7 +8,7 @@
 use clap::Parser;
 use etcd_client::Client;
 use hdrhistogram::Histogram;
-use jepsen::{free_port, provision, MemberSpec, Server};
+use jepsen::{provision, MemberSpec, Server};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -113,22 +113,12 @@ fn args_stride() -> usize {
 fn main() {
     let args = Args::parse();
     let bins = provision();
-    assert!(
-        args.keel.exists(),
-        "{} not found: run `cargo build --release -p server` first",
-        args.keel.display()
-    );
+    MemberSpec::require_release_keel(&args.keel);
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rows = Vec::new();
     for (name, program) in [("etcd 3.5.1", bins.etcd.clone()), ("keel", args.keel.clone())] {
-        let spec = MemberSpec {
-            name: "bench".to_string(),
-            data_dir: dir.path().join(name.split(' ').next().unwrap()),
-            client_port: free_port(),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
-            token: "bench".to_string(),
-        };
+        let spec = MemberSpec::local("bench", dir.path().join(name.split(' ').next().unwrap()), "bench");
         let mut server = Server::start(name, &program, spec, &bins.etcdctl);
         let r = rt.block_on(load(server.endpoint(), &args));
         server.proc.signal_and_wait(libc::SIGKILL);

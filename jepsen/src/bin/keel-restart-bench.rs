@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use etcd_client::{Client, GetOptions};
-use jepsen::{free_port, provision, MemberSpec, Proc, Server};
+use jepsen::{provision, MemberSpec, Proc, Server};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -104,11 +104,7 @@ async fn until_serving(endpoint: &str, since: Instant) -> Duration {
 fn main() {
     let args = Args::parse();
     let bins = provision();
-    assert!(
-        args.keel.exists(),
-        "{} not found: run `cargo build --release -p server` first",
-        args.keel.display()
-    );
+    MemberSpec::require_release_keel(&args.keel);
     std::fs::create_dir_all(&args.dir).unwrap();
     let dir = tempfile::tempdir_in(&args.dir).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -118,13 +114,7 @@ fn main() {
         servers.remove(0);
     }
     for (name, program) in servers {
-        let spec = MemberSpec {
-            name: "restart".to_string(),
-            data_dir: dir.path().join(name.split(' ').next().unwrap()),
-            client_port: free_port(),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
-            token: "restart".to_string(),
-        };
+        let spec = MemberSpec::local("restart", dir.path().join(name.split(' ').next().unwrap()), "restart");
         let mut server = Server::start(name, &program, spec.clone(), &bins.etcdctl);
         let started = Instant::now();
         rt.block_on(load(&server.endpoint(), &args));
