@@ -116,8 +116,25 @@ pub struct MembersView {
     pub removed: BTreeSet<u64>,
 }
 
-/// Starts the peer transport's sender for a member at a URL and returns its bounded queue.
-pub type ConnectFn = dyn Fn(u64, &str) -> mpsc::Sender<Message> + Send + Sync;
+/// Starts the peer transport's sender for a member at a URL and returns its bounded queue. The
+/// sender tells the node how each snapshot it was given ended, through the reports handle.
+pub type ConnectFn = dyn Fn(u64, &str, SnapshotReports) -> mpsc::Sender<Message> + Send + Sync;
+
+/// Bound on snapshot outcomes waiting for the node task (a sender has one snapshot in flight).
+const SNAPSHOT_REPORTS_MAX: usize = 64;
+
+/// Where a peer sender reports how a snapshot (MsgSnap) it was handed ended: the leader keeps
+/// the follower paused until then, as etcd's snapshot sender reports `SnapshotFinish`/`Failure`.
+#[derive(Clone, Debug)]
+pub struct SnapshotReports(mpsc::Sender<(u64, bool)>);
+
+impl SnapshotReports {
+    /// The snapshot for member `to` was delivered (`failed == false`) or not.
+    pub async fn report(&self, to: u64, failed: bool) {
+        // Only fails once the node has stopped, when nobody waits for the answer.
+        let _ = self.0.send((to, failed)).await;
+    }
+}
 
 /// How the node reaches the other members: it opens a sender per member of the configuration
 /// it has applied (and drops those removed), so the transport follows membership changes.
@@ -428,6 +445,8 @@ struct Driver<D: Dir, F: PageFile> {
     snapshot_waiters: Vec<oneshot::Sender<Result<StateSnapshot, RequestError>>>,
     /// The image save in flight (at most one), answering with the point it reached.
     saving: Option<oneshot::Receiver<Result<SnapshotMetadata, String>>>,
+    /// Handed to each peer sender, to report how the snapshots it sends end.
+    snapshot_reports: SnapshotReports,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -438,6 +457,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
     let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let (reports_tx, mut reports_rx) = mpsc::channel(SNAPSHOT_REPORTS_MAX);
     let (members_tx, members) = watch::channel(Arc::new(MembersView::default()));
     let handle = NodeHandle { tx, member_id: cfg.member_id, cluster_id: cfg.cluster_id, members };
     let cfg_tick_ms = cfg.tick.as_millis() as u64;
@@ -465,6 +485,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         ticks_per_second: (1000 / cfg_tick_ms.max(1)).max(1),
         snapshot_waiters: Vec::new(),
         saving: None,
+        snapshot_reports: SnapshotReports(reports_tx),
     };
     d.membership_changed();
     {
@@ -512,6 +533,12 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
                     if *shutdown.borrow() {
                         return Ok(());
                     }
+                }
+                Some((to, failed)) = reports_rx.recv() => {
+                    if failed {
+                        tracing::warn!(peer = %format!("{to:x}"), "sending a snapshot failed");
+                    }
+                    d.node.report_snapshot(to, failed);
                 }
                 saved = wait_save(&mut d.saving), if d.saving.is_some() => {
                     if let Err(e) = d.finish_save(saved) {
@@ -817,7 +844,7 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
         for (id, url) in want {
             self.outbox.entry(id).or_insert_with(|| {
                 tracing::info!(peer = %format!("{id:x}"), %url, "peer added to the transport");
-                let tx = (transport.connect)(id, &url);
+                let tx = (transport.connect)(id, &url, self.snapshot_reports.clone());
                 (url, tx)
             });
         }
@@ -924,14 +951,16 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                 let (to, snapshot) = (m.to, m.msg_type == MessageType::MsgSnap as i32);
                 let queued = outbox.get(&m.to).is_some_and(|(_, tx)| tx.try_send(m).is_ok());
                 if snapshot {
-                    snapshots.push((to, !queued));
+                    snapshots.push((to, queued));
                 }
             };
             let outcome = handle_ready(&mut self.node, &mut self.storage, &mut self.sm, now, &mut send)
                 .map_err(|e| e.to_string())?;
-            for (to, failed) in snapshots {
-                // Queued for the peer (or not): the leader waits for the follower's answer.
-                self.node.report_snapshot(to, failed);
+            for (to, queued) in snapshots {
+                // A queued snapshot is reported by the peer sender once the stream ends.
+                if !queued {
+                    self.node.report_snapshot(to, true);
+                }
             }
             let mut members_changed = outcome.installed.is_some();
             if let Some(index) = outcome.installed {

@@ -4,6 +4,12 @@
 //! backoff. The receiving side hands batches to the node task. The node starts and drops
 //! senders as members are added and removed ([`runtime::node::Transport`]).
 //!
+//! A snapshot (MsgSnap, the whole state image) does not go in a batch: it is streamed in
+//! chunks (`keelpb.Raft/SendSnapshot`) on its own connection, by its own task, one at a time
+//! per peer, so heartbeats keep flowing meanwhile; its outcome is reported to the node, which
+//! keeps the follower paused until then. The receiver checks the size and checksum before the
+//! message reaches the node.
+//!
 //! The same service answers two membership questions: the members (`keelpb.Raft/Members`, for a
 //! member joining with `--initial-cluster-state existing`) and a learner's promotion forwarded
 //! to the leader (`keelpb.Raft/Promote`). A removed member's messages are refused with etcd's
@@ -13,24 +19,34 @@ use crate::pb::keelpb::raft_client::RaftClient;
 use crate::pb::keelpb::raft_server::Raft;
 use crate::pb::keelpb::{
     MembersRequest, MembersResponse, MessageBatch, PromoteRequest, PromoteResponse, SendResponse,
+    SnapshotChunk,
 };
+use bytes::{Bytes, BytesMut};
 use keel_core::pb::etcdserverpb::Member;
 use keel_core::raft::{Message, MessageType};
 use prost::Message as _;
-use runtime::node::{MemberChange, NodeHandle, REMOVED};
+use runtime::node::{MemberChange, NodeHandle, SnapshotReports, REMOVED};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// Bound on messages queued for one peer.
 pub const PEER_QUEUE_MAX: usize = 4096;
 /// Bound on messages in one batch.
 pub const BATCH_MESSAGES_MAX: usize = 512;
-/// Bound on a batch's size on the wire. Raft bounds each append's entries; a snapshot carries
-/// the whole state machine image in one message, so this bounds the image a member can send.
-pub const PEER_MESSAGE_BYTES_MAX: usize = 512 << 20;
+/// Bound on the bytes of messages in one batch (a batch always takes at least one message).
+pub const BATCH_BYTES_MAX: usize = 16 << 20;
+/// Bound on one gRPC message on the peer port: a batch, or one chunk of a snapshot. Raft bounds
+/// each append's entries, and each entry is bounded by `--max-request-bytes`.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// The data carried by one snapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Bound on a snapshot's data: the receiver refuses a stream that says or sends more.
+pub const SNAPSHOT_BYTES_MAX: u64 = 16 << 30;
+/// How long one snapshot stream may take before the sender gives up (and Raft sends again).
+const SNAPSHOT_STREAM_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 pub(crate) struct PeerService {
@@ -61,6 +77,30 @@ impl Raft for PeerService {
             })
             .collect();
         self.node.step(messages).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        Ok(Response::new(SendResponse {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SendResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut assembly = SnapshotAssembly::default();
+        let message = loop {
+            let Some(chunk) = stream.message().await? else {
+                return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
+            };
+            if let Some(m) = assembly.push(chunk).map_err(Status::invalid_argument)? {
+                break m;
+            }
+        };
+        runtime::metrics::peer_received(message.from, message.encoded_len() as u64);
+        if self.node.members().borrow().removed.contains(&message.from) {
+            return Err(Status::failed_precondition(REMOVED));
+        }
+        let index = message.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
+        tracing::info!(from = %format!("{:x}", message.from), index, bytes = assembly.received, "received a snapshot");
+        self.node.step(vec![message]).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         Ok(Response::new(SendResponse {}))
     }
 
@@ -142,17 +182,147 @@ macro_rules! peer_server {
 }
 pub(crate) use peer_server;
 
+/// A snapshot stream being received: the message from the first chunk, then the data.
+#[derive(Default)]
+struct SnapshotAssembly {
+    message: Option<Message>,
+    total: u64,
+    received: u64,
+    data: BytesMut,
+}
+
+impl SnapshotAssembly {
+    /// Takes the next chunk; returns the whole message (with its data) after the last one, or
+    /// why the stream is refused.
+    fn push(&mut self, chunk: SnapshotChunk) -> Result<Option<Message>, String> {
+        match (self.message.is_some(), chunk.message) {
+            (false, Some(m)) => {
+                let is_snap = m.msg_type == MessageType::MsgSnap as i32;
+                if !is_snap || m.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).is_none() {
+                    return Err("a snapshot stream must start with a snapshot message".into());
+                }
+                if chunk.total_bytes > SNAPSHOT_BYTES_MAX {
+                    return Err(format!(
+                        "snapshot of {} bytes is over the bound of {SNAPSHOT_BYTES_MAX}",
+                        chunk.total_bytes
+                    ));
+                }
+                self.total = chunk.total_bytes;
+                // Grows as the data comes: the size the sender claims is not trusted up front.
+                self.data.reserve(chunk.total_bytes.min(SNAPSHOT_CHUNK_BYTES as u64 * 64) as usize);
+                self.message = Some(m);
+            }
+            (false, None) => return Err("a snapshot stream must start with its message".into()),
+            (true, Some(_)) => return Err("a snapshot stream carries one message".into()),
+            (true, None) => {}
+        }
+        if chunk.data.len() > SNAPSHOT_CHUNK_BYTES {
+            return Err(format!(
+                "snapshot chunk of {} bytes is over {SNAPSHOT_CHUNK_BYTES}",
+                chunk.data.len()
+            ));
+        }
+        self.received += chunk.data.len() as u64;
+        if self.received > self.total {
+            return Err(format!("snapshot data runs past its size of {} bytes", self.total));
+        }
+        self.data.extend_from_slice(&chunk.data);
+        if !chunk.last {
+            return Ok(None);
+        }
+        if self.received != self.total {
+            return Err(format!("snapshot data ended at {} of {} bytes", self.received, self.total));
+        }
+        let data = std::mem::take(&mut self.data).freeze();
+        if crc32fast::hash(&data) != chunk.crc32 {
+            return Err("snapshot data does not match its checksum".into());
+        }
+        let mut m = self.message.take().expect("checked above");
+        m.snapshot.as_mut().expect("checked above").data = data;
+        Ok(Some(m))
+    }
+}
+
+/// Cuts a snapshot message into the chunks of its stream.
+fn snapshot_chunks(mut m: Message) -> Vec<SnapshotChunk> {
+    let data: Bytes = std::mem::take(&mut m.snapshot.as_mut().expect("MsgSnap carries a snapshot").data);
+    let crc32 = crc32fast::hash(&data);
+    let total_bytes = data.len() as u64;
+    let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK_BYTES + 1);
+    let mut at = 0;
+    loop {
+        let end = (at + SNAPSHOT_CHUNK_BYTES).min(data.len());
+        let last = end == data.len();
+        chunks.push(SnapshotChunk {
+            message: chunks.is_empty().then(|| m.clone()),
+            total_bytes: if chunks.is_empty() { total_bytes } else { 0 },
+            data: data.slice(at..end),
+            last,
+            crc32: if last { crc32 } else { 0 },
+        });
+        if last {
+            return chunks;
+        }
+        at = end;
+    }
+}
+
+/// Streams one snapshot to `url` on a connection of its own.
+async fn stream_snapshot(url: &str, m: Message) -> Result<(), Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(SNAPSHOT_STREAM_TIMEOUT);
+    let ch = endpoint.connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut client = RaftClient::new(ch).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    client.send_snapshot(futures::stream::iter(snapshot_chunks(m))).await?;
+    Ok(())
+}
+
 /// Starts a sender task for the peer `id` at `url`; returns the queue the node task writes to.
 /// The task ends once the queue is dropped and drained. `on_removed` runs if the peer says
-/// this member was removed from the cluster.
+/// this member was removed from the cluster; `reports` hears how each snapshot ended.
 pub(crate) fn start_sender(
     id: u64,
     url: &str,
     on_removed: Arc<dyn Fn() + Send + Sync>,
+    reports: SnapshotReports,
 ) -> mpsc::Sender<Message> {
     let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-    tokio::spawn(sender(id, url.to_string(), rx, on_removed));
+    tokio::spawn(sender(id, url.to_string(), rx, on_removed, reports));
     tx
+}
+
+/// Hands a snapshot to its own task, unless one to this peer is still in flight (then it is
+/// reported failed at once and Raft sends a newer one later).
+fn send_snapshot(
+    peer: u64,
+    url: &str,
+    m: Message,
+    in_flight: &mut Option<tokio::task::JoinHandle<()>>,
+    reports: &SnapshotReports,
+    on_removed: &Arc<dyn Fn() + Send + Sync>,
+) {
+    if in_flight.as_ref().is_some_and(|t| !t.is_finished()) {
+        let reports = reports.clone();
+        tokio::spawn(async move { reports.report(peer, true).await });
+        return;
+    }
+    let (url, reports, on_removed) = (url.to_string(), reports.clone(), on_removed.clone());
+    let bytes = m.encoded_len() as u64;
+    *in_flight = Some(tokio::spawn(async move {
+        let result = stream_snapshot(&url, m).await;
+        if let Err(e) = &result {
+            runtime::metrics::peer_send_failed(peer, 1);
+            tracing::warn!(peer = %format!("{peer:x}"), error = %e, "snapshot stream failed");
+            if e.code() == tonic::Code::FailedPrecondition && e.message() == REMOVED {
+                on_removed();
+            }
+        } else {
+            runtime::metrics::peer_sent(peer, bytes);
+        }
+        reports.report(peer, result.is_err()).await;
+    }));
 }
 
 async fn sender(
@@ -160,16 +330,28 @@ async fn sender(
     url: String,
     mut rx: mpsc::Receiver<Message>,
     on_removed: Arc<dyn Fn() + Send + Sync>,
+    reports: SnapshotReports,
 ) {
     let mut client: Option<RaftClient<Channel>> = None;
     let mut backoff = Duration::from_millis(50);
+    let mut snapshot: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(first) = rx.recv().await {
-        let mut messages = vec![first];
-        while messages.len() < BATCH_MESSAGES_MAX {
-            match rx.try_recv() {
-                Ok(m) => messages.push(m),
-                Err(_) => break,
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            if m.msg_type == MessageType::MsgSnap as i32 {
+                send_snapshot(peer, &url, m, &mut snapshot, &reports, &on_removed);
+            } else {
+                bytes += m.encoded_len();
+                messages.push(m);
             }
+            if messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        if messages.is_empty() {
+            continue;
         }
         if client.is_none() {
             let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
@@ -207,5 +389,83 @@ async fn sender(
         } else {
             runtime::metrics::peer_sent(peer, bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::pb::keelpb::{Snapshot, SnapshotMetadata};
+
+    fn snap(data_len: usize) -> Message {
+        let data: Vec<u8> = (0..data_len).map(|i| (i * 31 % 251) as u8).collect();
+        Message {
+            msg_type: MessageType::MsgSnap as i32,
+            from: 1,
+            to: 2,
+            term: 3,
+            snapshot: Some(Snapshot {
+                data: data.into(),
+                metadata: Some(SnapshotMetadata { index: 40, term: 3, ..Default::default() }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn assemble(chunks: Vec<SnapshotChunk>) -> Result<Option<Message>, String> {
+        let mut a = SnapshotAssembly::default();
+        let mut out = None;
+        for c in chunks {
+            assert!(out.is_none(), "a chunk after the message was complete");
+            out = a.push(c)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_snapshot_crosses_in_chunks_unchanged() {
+        for len in [0, 1, SNAPSHOT_CHUNK_BYTES - 1, SNAPSHOT_CHUNK_BYTES, 3 * SNAPSHOT_CHUNK_BYTES + 7] {
+            let m = snap(len);
+            let chunks = snapshot_chunks(m.clone());
+            assert_eq!(chunks.len(), len.div_ceil(SNAPSHOT_CHUNK_BYTES).max(1), "len {len}");
+            assert!(chunks.iter().all(|c| c.encoded_len() <= PEER_MESSAGE_BYTES_MAX));
+            assert_eq!(assemble(chunks).unwrap(), Some(m), "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_oversized_stream_is_refused() {
+        let chunks = || snapshot_chunks(snap(2 * SNAPSHOT_CHUNK_BYTES + 5));
+        let refused = |mut c: Vec<SnapshotChunk>, edit: &dyn Fn(&mut Vec<SnapshotChunk>)| {
+            edit(&mut c);
+            assemble(c).expect_err("refused")
+        };
+        let flipped = refused(chunks(), &|c| {
+            let mut d = c[1].data.to_vec();
+            d[9] ^= 1;
+            c[1].data = d.into();
+        });
+        assert!(flipped.contains("checksum"), "{flipped}");
+        let short = refused(chunks(), &|c| {
+            c.remove(1);
+        });
+        assert!(short.contains("ended at"), "{short}");
+        let long = refused(chunks(), &|c| c[0].total_bytes = 10);
+        assert!(long.contains("runs past"), "{long}");
+        let huge = refused(chunks(), &|c| c[0].total_bytes = SNAPSHOT_BYTES_MAX + 1);
+        assert!(huge.contains("over the bound"), "{huge}");
+        let headless = refused(chunks(), &|c| c[0].message = None);
+        assert!(headless.contains("start with"), "{headless}");
+        let two = refused(chunks(), &|c| c[1].message = c[0].message.clone());
+        assert!(two.contains("one message"), "{two}");
+        let not_snap =
+            refused(chunks(), &|c| c[0].message.as_mut().unwrap().msg_type = MessageType::MsgApp as i32);
+        assert!(not_snap.contains("snapshot message"), "{not_snap}");
+        let big_chunk = refused(chunks(), &|c| c[2].data = vec![0; SNAPSHOT_CHUNK_BYTES + 1].into());
+        assert!(big_chunk.contains("chunk of"), "{big_chunk}");
+        // A stream that never says it is done delivers nothing.
+        let mut open = chunks();
+        open.pop();
+        assert_eq!(assemble(open).unwrap(), None);
     }
 }
