@@ -447,6 +447,8 @@ struct Driver<D: Dir, F: PageFile> {
     saving: Option<oneshot::Receiver<Result<SnapshotMetadata, String>>>,
     /// Handed to each peer sender, to report how the snapshots it sends end.
     snapshot_reports: SnapshotReports,
+    /// When this member last proposed its own attributes (name, client URLs).
+    last_publish_tick: Option<u64>,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -486,6 +488,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         snapshot_waiters: Vec::new(),
         saving: None,
         snapshot_reports: SnapshotReports(reports_tx),
+        last_publish_tick: None,
     };
     d.membership_changed();
     {
@@ -895,9 +898,12 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             .sm
             .member(self.cfg.member_id)
             .is_some_and(|m| m.client_ur_ls == self.cfg.client_urls && m.name == self.cfg.name);
-        if published || self.node.leader() == 0 || !self.ticks.is_multiple_of(self.ticks_per_second) {
+        // At once when a leader is known, then once a second until it is applied.
+        let retry = self.last_publish_tick.is_some_and(|t| self.ticks < t + self.ticks_per_second);
+        if published || self.node.leader() == 0 || retry {
             return;
         }
+        self.last_publish_tick = Some(self.ticks);
         let attrs = keel_core::pb::keelpb::MemberAttributes {
             id: self.cfg.member_id,
             name: self.cfg.name.clone(),
@@ -973,6 +979,8 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                     self.conf_change_applied(change, *result);
                 }
                 if let Applied::Write { request_id, result, events } = effect {
+                    // A member's published name and client URLs change the membership view.
+                    members_changed |= matches!(result, Ok(WriteResponse::MemberAttributes));
                     if !events.is_empty() {
                         let revision = events[0].kv.as_ref().map_or(0, |kv| kv.mod_revision);
                         self.hub.notify(&events, ResponseHeader { revision, ..self.header() });

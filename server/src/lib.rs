@@ -49,6 +49,8 @@ pub enum RunError {
     Format { dir: String, found: String },
     #[error("client listener on {addr}: {source}")]
     Listen { addr: SocketAddr, source: tonic::transport::Error },
+    #[error("client listener on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metrics listener on {addr}: {source}")]
     MetricsListen { addr: SocketAddr, source: std::io::Error },
     #[error("node stopped: {0}")]
@@ -180,13 +182,35 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             lease_ids.clone(),
         );
         let signal = stopped(shutdown.clone());
+        let mut members = handle.members();
+        let me = self_member.clone();
+        // The port is bound at once (connections wait in its backlog until this member serves).
+        #[cfg(not(madsim))]
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
         servers.push(tokio::spawn(async move {
-            svc.router()
-                .serve_with_shutdown(addr, signal)
-                .await
-                .map_err(|source| RunError::Listen { addr, source })
+            // As etcd does, serve clients only once this member's name and client URLs are in
+            // the applied membership (published through Raft at start, or already there from
+            // before a restart), so every member lists every member's client URLs.
+            while !members
+                .borrow_and_update()
+                .members
+                .iter()
+                .any(|m| m.id == me.id && m.name == me.name && m.client_ur_ls == me.client_ur_ls)
+            {
+                if members.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+            tracing::info!(%addr, "serving client requests");
+            #[cfg(not(madsim))]
+            let served = svc
+                .router()
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), signal);
+            #[cfg(madsim)]
+            let served = svc.router().serve_with_shutdown(addr, signal);
+            served.await.map_err(|source| RunError::Listen { addr, source })
         }));
-        tracing::info!(%addr, "serving client requests");
     }
     #[cfg(not(madsim))]
     for addr in resolved.metrics_addrs.clone() {
