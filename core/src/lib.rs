@@ -16,5 +16,6 @@ pub mod mvcc;
 pub mod pb;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
+pub mod quota;
 pub mod raft;
 pub mod state_machine;

@@ -6,8 +6,9 @@ use crate::membership::{MemberError, Membership};
 use crate::mvcc::COMPACT_KEYS_PER_STEP;
 use crate::mvcc::{MvccError, Store};
 use crate::pb::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, Member, PutResponse, TxnResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse,
+    DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse, LeaseRevokeResponse, Member,
+    PutResponse, TxnResponse,
 };
 use crate::pb::keelpb::{
     request::Op, ConfChange, ConfState, Entry, EntryType, KeyHistoryImage, LeaseImage, Request, StateImage,
@@ -26,6 +27,7 @@ pub enum WriteResponse {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
     MemberAttributes,
+    Alarm(AlarmResponse),
 }
 
 impl WriteResponse {
@@ -39,6 +41,7 @@ impl WriteResponse {
             WriteResponse::LeaseGrant(r) => &r.header,
             WriteResponse::LeaseRevoke(r) => &r.header,
             WriteResponse::LeaseCheckpoint(r) => &r.header,
+            WriteResponse::Alarm(r) => &r.header,
             WriteResponse::MemberAttributes => return 0,
         };
         h.as_ref().map_or(0, |h| h.revision)
@@ -53,6 +56,7 @@ impl WriteResponse {
             WriteResponse::LeaseGrant(r) => &mut r.header,
             WriteResponse::LeaseRevoke(r) => &mut r.header,
             WriteResponse::LeaseCheckpoint(r) => &mut r.header,
+            WriteResponse::Alarm(r) => &mut r.header,
             WriteResponse::MemberAttributes => return,
         };
         *h = Some(header);
@@ -87,6 +91,9 @@ pub enum ApplyError {
     /// replica equal; the proposer is told.
     #[error("etcdserver: unsupported request in log entry: {0}")]
     Unsupported(&'static str),
+    /// A write that could grow the database while the NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 /// The replicated state: the key-value store and the cluster's members.
@@ -103,10 +110,15 @@ pub struct StateMachine {
     /// must not apply again, or a write would take effect twice.
     recent_ids: std::collections::HashSet<u64>,
     recent_order: std::collections::VecDeque<u64>,
+    /// Raised alarms as (alarm type, member id). Replicated: every member refuses the same
+    /// writes while one is raised.
+    alarms: std::collections::BTreeSet<(i32, u64)>,
 }
 
 /// Bound on the request ids remembered for de-duplication.
 pub const RECENT_REQUESTS_MAX: usize = 1 << 16;
+/// Bound on raised alarms: one per alarm type per member, and members are bounded far below.
+pub const ALARMS_MAX: usize = 1 << 12;
 
 impl Default for StateMachine {
     fn default() -> Self {
@@ -123,6 +135,7 @@ impl StateMachine {
             applied_index: 0,
             recent_ids: Default::default(),
             recent_order: Default::default(),
+            alarms: Default::default(),
         }
     }
 
@@ -144,6 +157,7 @@ impl StateMachine {
             members: self.membership.members().cloned().collect(),
             recent_ids: self.recent_order.iter().copied().collect(),
             removed_members: self.membership.removed().collect(),
+            alarms: self.alarms().collect(),
         }
     }
 
@@ -175,6 +189,18 @@ impl StateMachine {
         if state.recent_ids.len() > RECENT_REQUESTS_MAX || recent_ids.len() != state.recent_ids.len() {
             return Err(format!("{} recent request ids, over the bound or repeated", state.recent_ids.len()));
         }
+        let mut alarms = std::collections::BTreeSet::new();
+        for a in &state.alarms {
+            if AlarmType::try_from(a.alarm).is_err() || a.alarm == AlarmType::None as i32 {
+                return Err(format!("alarm of unknown type {} for member {:x}", a.alarm, a.member_id));
+            }
+            if !alarms.insert((a.alarm, a.member_id)) {
+                return Err(format!("alarm {} for member {:x} listed twice", a.alarm, a.member_id));
+            }
+        }
+        if alarms.len() > ALARMS_MAX {
+            return Err(format!("{} alarms, over the bound of {ALARMS_MAX}", alarms.len()));
+        }
         Ok(StateMachine {
             store,
             lessor,
@@ -185,6 +211,7 @@ impl StateMachine {
             applied_index: state.applied_index,
             recent_ids,
             recent_order: state.recent_ids.iter().copied().collect(),
+            alarms,
         })
     }
 
@@ -215,6 +242,42 @@ impl StateMachine {
 
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The raised alarms, ordered by alarm type, then member id.
+    pub fn alarms(&self) -> impl Iterator<Item = AlarmMember> + '_ {
+        self.alarms.iter().map(|&(alarm, member_id)| AlarmMember { member_id, alarm })
+    }
+
+    fn no_space(&self) -> bool {
+        self.alarms
+            .range((AlarmType::Nospace as i32, 0)..=(AlarmType::Nospace as i32, u64::MAX))
+            .next()
+            .is_some()
+    }
+
+    /// etcd's alarm requests: raising one already raised, or clearing one that is not, changes
+    /// nothing; the answer lists the alarm changed (or, for GET, the alarms of the type asked
+    /// for, all for NONE).
+    fn apply_alarm(&mut self, r: &AlarmRequest) -> AlarmResponse {
+        let alarm = AlarmMember { member_id: r.member_id, alarm: r.alarm };
+        let known = AlarmType::try_from(r.alarm).is_ok_and(|t| t != AlarmType::None);
+        let alarms = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Activate) if known => {
+                if self.alarms.len() < ALARMS_MAX || self.alarms.contains(&(r.alarm, r.member_id)) {
+                    self.alarms.insert((r.alarm, r.member_id));
+                    vec![alarm]
+                } else {
+                    Vec::new()
+                }
+            }
+            Ok(AlarmAction::Deactivate) if self.alarms.remove(&(r.alarm, r.member_id)) => vec![alarm],
+            Ok(AlarmAction::Get) => {
+                self.alarms().filter(|a| r.alarm == AlarmType::None as i32 || a.alarm == r.alarm).collect()
+            }
+            _ => Vec::new(),
+        };
+        AlarmResponse { header: None, alarms }
     }
 
     /// Applies one committed entry. `now_ms` (a monotonic clock of this member) only feeds the
@@ -248,7 +311,15 @@ impl StateMachine {
                 self.recent_ids.remove(&old);
             }
         }
+        let grows_db = match &request.op {
+            Some(Op::Put(_)) | Some(Op::LeaseGrant(_)) => true,
+            Some(Op::Txn(txn)) => crate::quota::txn_cost(txn) > 0,
+            _ => false,
+        };
         let result = match &request.op {
+            // While the NOSPACE alarm is raised, every member refuses what could grow the
+            // database; deletes, compaction and lease revokes still free space.
+            _ if grows_db && self.no_space() => Err(ApplyError::NoSpace),
             Some(Op::Put(put)) => self.store.put(put).map(WriteResponse::Put).map_err(ApplyError::from),
             Some(Op::DeleteRange(del)) => {
                 self.store.delete_range(del).map(WriteResponse::DeleteRange).map_err(ApplyError::from)
@@ -285,6 +356,7 @@ impl StateMachine {
                 }
                 Ok(WriteResponse::LeaseCheckpoint(LeaseCheckpointResponse::default()))
             }
+            Some(Op::Alarm(a)) => Ok(WriteResponse::Alarm(self.apply_alarm(a))),
             None => Err(ApplyError::Unsupported("empty request")),
         };
         // Physical compaction proceeds a bounded step per applied entry: equal logs still give
@@ -316,6 +388,118 @@ mod tests {
     fn entry(index: u64, op: Op) -> Entry {
         let data = Request { id: index, op: Some(op) }.encode_to_vec();
         Entry { index, term: 1, entry_type: EntryType::EntryNormal as i32, data: data.into() }
+    }
+
+    fn alarm(action: AlarmAction, member_id: u64, alarm: AlarmType) -> Op {
+        Op::Alarm(AlarmRequest { action: action as i32, member_id, alarm: alarm as i32 })
+    }
+
+    fn result(applied: Applied) -> Result<WriteResponse, ApplyError> {
+        match applied {
+            Applied::Write { result, .. } => result,
+            other => panic!("not a write: {other:?}"),
+        }
+    }
+
+    /// NOSPACE is replicated state: raised, it makes the state machine refuse what could grow
+    /// the database and let through what cannot; it survives the image; cleared, writes work.
+    #[test]
+    fn nospace_alarm_refuses_growth_and_survives_the_image() {
+        use crate::pb::etcdserverpb::{request_op, RequestOp, TxnRequest};
+        let mut sm = StateMachine::default();
+        let mut index = 0;
+        let mut apply = |sm: &mut StateMachine, op: Op| {
+            index += 1;
+            result(sm.apply(&entry(index, op), 0))
+        };
+        let put =
+            |k: &str| PutRequest { key: Bytes::from(k.to_string()), value: "v".into(), ..Default::default() };
+        apply(&mut sm, Op::Put(put("a"))).unwrap();
+        apply(&mut sm, Op::LeaseGrant(LeaseGrantRequest { id: 7, ttl: 60 })).unwrap();
+        let raised = apply(&mut sm, alarm(AlarmAction::Activate, 0x1234, AlarmType::Nospace)).unwrap();
+        let nospace = AlarmMember { member_id: 0x1234, alarm: AlarmType::Nospace as i32 };
+        assert_eq!(raised, WriteResponse::Alarm(AlarmResponse { header: None, alarms: vec![nospace] }));
+        // Raising it again (another request) changes nothing.
+        apply(&mut sm, alarm(AlarmAction::Activate, 0x1234, AlarmType::Nospace)).unwrap();
+        apply(&mut sm, alarm(AlarmAction::Activate, 0x99, AlarmType::Corrupt)).unwrap();
+        assert_eq!(
+            sm.alarms().collect::<Vec<_>>(),
+            vec![nospace, AlarmMember { member_id: 0x99, alarm: AlarmType::Corrupt as i32 }]
+        );
+        let get = apply(&mut sm, alarm(AlarmAction::Get, 0, AlarmType::Nospace)).unwrap();
+        assert_eq!(get, WriteResponse::Alarm(AlarmResponse { header: None, alarms: vec![nospace] }));
+
+        let txn = |success: Vec<request_op::Request>| {
+            Op::Txn(TxnRequest {
+                success: success.into_iter().map(|r| RequestOp { request: Some(r) }).collect(),
+                ..Default::default()
+            })
+        };
+        let check =
+            |sm: &mut StateMachine,
+             apply: &mut dyn FnMut(&mut StateMachine, Op) -> Result<WriteResponse, ApplyError>| {
+                let revision = sm.store.revision();
+                for refused in [
+                    Op::Put(put("b")),
+                    Op::LeaseGrant(LeaseGrantRequest { id: 8, ttl: 60 }),
+                    txn(vec![request_op::Request::RequestPut(put("c"))]),
+                ] {
+                    assert_eq!(apply(sm, refused), Err(ApplyError::NoSpace));
+                }
+                assert_eq!(sm.store.revision(), revision, "nothing refused was written");
+                let read =
+                    request_op::Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() });
+                apply(sm, txn(vec![read])).unwrap();
+                let del = request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: "a".into(),
+                    ..Default::default()
+                });
+                apply(sm, txn(vec![del])).unwrap();
+                apply(sm, Op::DeleteRange(DeleteRangeRequest { key: "zz".into(), ..Default::default() }))
+                    .unwrap();
+                let rev = sm.store.revision();
+                if rev > sm.store.compacted() {
+                    apply(sm, Op::Compaction(CompactionRequest { revision: rev, physical: true })).unwrap();
+                }
+            };
+        check(&mut sm, &mut apply);
+
+        // The image carries the alarms; the restored state machine refuses the same writes.
+        let state = sm.image_state(1, ConfState::default());
+        let mut restored = StateMachine::restore(
+            LessorConfig::default(),
+            &state,
+            sm.store.history_images().map(|(k, h)| (k.clone(), h)),
+        )
+        .unwrap();
+        assert_eq!(restored.alarms().collect::<Vec<_>>(), sm.alarms().collect::<Vec<_>>());
+        let mut restored_index = restored.applied_index();
+        let mut apply_restored = |sm: &mut StateMachine, op: Op| {
+            restored_index += 1;
+            result(sm.apply(&entry(restored_index, op), 0))
+        };
+        check(&mut restored, &mut apply_restored);
+        apply_restored(&mut restored, Op::LeaseRevoke(LeaseRevokeRequest { id: 7 })).unwrap();
+
+        // Cleared (twice: the second changes nothing), writes go through again.
+        let cleared =
+            apply_restored(&mut restored, alarm(AlarmAction::Deactivate, 0x1234, AlarmType::Nospace));
+        assert_eq!(
+            cleared.unwrap(),
+            WriteResponse::Alarm(AlarmResponse { header: None, alarms: vec![nospace] })
+        );
+        let again = apply_restored(&mut restored, alarm(AlarmAction::Deactivate, 0x1234, AlarmType::Nospace));
+        assert_eq!(again.unwrap(), WriteResponse::Alarm(AlarmResponse::default()));
+        apply_restored(&mut restored, Op::Put(put("b"))).unwrap();
+        apply_restored(&mut restored, Op::LeaseGrant(LeaseGrantRequest { id: 8, ttl: 60 })).unwrap();
+
+        // An image with a repeated or unknown alarm is refused.
+        let mut bad = state.clone();
+        bad.alarms.push(bad.alarms[0]);
+        assert!(StateMachine::restore(LessorConfig::default(), &bad, std::iter::empty()).is_err());
+        let mut bad = state;
+        bad.alarms = vec![AlarmMember { member_id: 1, alarm: 9 }];
+        assert!(StateMachine::restore(LessorConfig::default(), &bad, std::iter::empty()).is_err());
     }
 
     /// A state machine rebuilt from its image — taken whole, or kept up to date from dirty

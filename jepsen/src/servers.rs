@@ -70,10 +70,22 @@ impl Server {
     /// Starts `program` (etcd or keel) with `spec`'s flags and waits until etcdctl can read
     /// through it (a leader exists and requests are served).
     pub fn start(kind: &str, program: &Path, spec: MemberSpec, etcdctl_bin: &Path) -> Server {
+        Server::start_with(kind, program, spec, &[], etcdctl_bin)
+    }
+
+    /// [`Server::start`] with `extra` flags after the spec's.
+    pub fn start_with(
+        kind: &str,
+        program: &Path,
+        spec: MemberSpec,
+        extra: &[String],
+        etcdctl_bin: &Path,
+    ) -> Server {
         std::fs::create_dir_all(spec.data_dir.parent().expect("data dir has a parent"))
             .expect("create parent");
         let log = spec.data_dir.with_extension("log");
-        let mut proc = Proc::spawn(kind, program, &spec.args(), &log);
+        let args: Vec<String> = spec.args().into_iter().chain(extra.iter().cloned()).collect();
+        let mut proc = Proc::spawn(kind, program, &args, &log);
         proc.wait_listening(spec.client_addr(), Duration::from_secs(30));
         let server = Server { proc, spec };
         server.wait_serving(etcdctl_bin, Duration::from_secs(30));

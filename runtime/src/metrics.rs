@@ -76,6 +76,9 @@ pub static BACKEND_COMMIT: Histogram = Histogram::new();
 pub static WAL_WRITE_BYTES: AtomicU64 = AtomicU64::new(0);
 /// `etcd_server_leader_changes_seen_total`.
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
+/// `etcd_server_quota_backend_bytes`: the backend quota the server runs with (set once at
+/// start; etcd shows the flag's negative value when the quota is off).
+pub static QUOTA_BACKEND_BYTES: AtomicI64 = AtomicI64::new(0);
 /// `etcd_server_proposals_committed_total` (a gauge in etcd: the commit index).
 pub static COMMITTED_INDEX: AtomicU64 = AtomicU64::new(0);
 /// `etcd_server_proposals_applied_total` (a gauge in etcd: the applied index).

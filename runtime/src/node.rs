@@ -15,8 +15,8 @@ use keel_core::lease::{
 };
 use keel_core::membership::MemberError;
 use keel_core::mvcc::MvccError;
+use keel_core::pb::etcdserverpb::{AlarmMember, Member, RangeRequest, RangeResponse, ResponseHeader};
 use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
-use keel_core::pb::etcdserverpb::{Member, RangeRequest, RangeResponse, ResponseHeader};
 use keel_core::pb::keelpb::{
     request::Op, ConfChange, ConfChangeType, MessageType, Request, SnapshotMetadata,
 };
@@ -166,6 +166,8 @@ pub struct NodeStatus {
     /// Bytes of the image file's pages in use (neither free nor beyond the high-water mark).
     pub db_in_use_bytes: u64,
     pub members: Vec<Member>,
+    /// The raised alarms (replicated state), ordered by alarm type, then member id.
+    pub alarms: Vec<AlarmMember>,
 }
 
 enum Command {
@@ -726,6 +728,7 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                         (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64
                     },
                     members: self.sm.members().cloned().collect(),
+                    alarms: self.sm.alarms().collect(),
                 });
             }
         }

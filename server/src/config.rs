@@ -49,6 +49,11 @@ pub struct Config {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long = "max-txn-ops", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Raise alarms when backend size exceeds the given quota. 0 means use the default quota.
+    // As etcd 3.5.1 does: 0 is 2 GiB, a negative value turns the quota off, above 8 GiB is
+    // taken with a warning.
+    #[arg(long = "quota-backend-bytes", default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Number of committed transactions to trigger a snapshot to disk.
     // etcd 3.5's default is 100000; etcd 3.6 lowered it to 10000. Keel saves only the keys that
     // changed, so a save is cheap, and fewer entries to replay make restarts faster.

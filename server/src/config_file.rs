@@ -24,6 +24,8 @@ enum Kind {
     Str,
     /// An unsigned integer (`uint`, `uint64`).
     Uint,
+    /// A signed integer (`int64`).
+    Int,
     /// A `time.Duration`: an integer count of nanoseconds.
     DurationNs,
 }
@@ -44,6 +46,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("max-request-bytes", Kind::Uint),
     ("max-txn-ops", Kind::Uint),
     ("snapshot-count", Kind::Uint),
+    ("quota-backend-bytes", Kind::Int),
     ("experimental-watch-progress-notify-interval", Kind::DurationNs),
     ("log-level", Kind::Str),
     ("listen-metrics-urls", Kind::Str),
@@ -152,6 +155,8 @@ fn to_args(text: &str, path: &str) -> Result<Args, ConfigFileError> {
             (Kind::Str, _) => return Err(type_err("a string")),
             (Kind::Uint, Yaml::Integer(n)) if *n >= 0 => n.to_string(),
             (Kind::Uint, _) => return Err(type_err("a non-negative integer")),
+            (Kind::Int, Yaml::Integer(n)) => n.to_string(),
+            (Kind::Int, _) => return Err(type_err("an integer")),
             (Kind::DurationNs, Yaml::Integer(n)) if *n >= 0 => format!("{n}ns"),
             (Kind::DurationNs, _) => return Err(type_err("an integer count of nanoseconds")),
         };
@@ -207,6 +212,7 @@ mod tests {
              heartbeat-interval: 50\n\
              election-timeout: 500\n\
              snapshot-count: 5000\n\
+             quota-backend-bytes: -1\n\
              max-txn-ops: 64\n\
              experimental-watch-progress-notify-interval: 5000000000\n\
              auto-compaction-mode: revision\n\
@@ -226,6 +232,7 @@ mod tests {
         assert_eq!(c.initial_cluster_state, "existing");
         assert_eq!((c.heartbeat_interval, c.election_timeout), (50, 500));
         assert_eq!((c.snapshot_count, c.max_txn_ops), (5000, 64));
+        assert_eq!(c.quota_backend_bytes, -1);
         assert_eq!(c.watch_progress_notify_interval, std::time::Duration::from_secs(5));
         assert_eq!(
             (c.auto_compaction_mode.as_str(), c.auto_compaction_retention.as_str()),

@@ -48,6 +48,7 @@ pub fn request_status(e: RequestError) -> Status {
         RequestError::Mvcc(m) | RequestError::Apply(ApplyError::Mvcc(m)) => mvcc_status(m),
         RequestError::Apply(ApplyError::Unsupported(_)) => Status::new(Code::Unimplemented, e.to_string()),
         RequestError::Apply(ApplyError::Lease(l)) => lease_status(l),
+        RequestError::Apply(ApplyError::NoSpace) => Status::new(Code::ResourceExhausted, e.to_string()),
         RequestError::Member(m) => member_status(m),
         RequestError::NotLeader => Status::new(Code::FailedPrecondition, e.to_string()),
     }

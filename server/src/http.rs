@@ -1,11 +1,12 @@
 //! etcd's plain-HTTP endpoints on the client port: `/health`, `/version` and `/metrics`
 //! (Prometheus text, with etcd's metric names for what Keel measures).
 
+use axum::extract::RawQuery;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use keel_core::pb::etcdserverpb::RangeRequest;
+use keel_core::pb::etcdserverpb::{AlarmType, RangeRequest};
 use runtime::node::NodeHandle;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,13 +20,31 @@ pub(crate) fn routes(grpc: Router, node: NodeHandle) -> Router {
 pub(crate) fn metrics_routes(node: NodeHandle) -> Router {
     let n1 = node.clone();
     Router::new()
-        .route("/health", get(move || health(n1.clone())))
+        .route("/health", get(move |RawQuery(query): RawQuery| health(n1.clone(), query)))
         .route("/metrics", get(move || metrics(node.clone())))
 }
 
-async fn health(node: NodeHandle) -> impl IntoResponse {
-    let json = |healthy: bool, reason: &str| format!("{{\"health\":\"{healthy}\",\"reason\":\"{reason}\"}}");
+/// Unhealthy while a raised alarm is not excluded (`?exclude=NOSPACE`; the reason names the
+/// last one, as etcd's does), then while there is no leader.
+async fn health(node: NodeHandle, query: Option<String>) -> impl IntoResponse {
+    // etcd writes an unhealthy answer as an HTTP error, which ends with a newline.
+    let json = |healthy: bool, reason: &str| {
+        let end = if healthy { "" } else { "\n" };
+        format!("{{\"health\":\"{healthy}\",\"reason\":\"{reason}\"}}{end}")
+    };
+    let query = query.unwrap_or_default();
+    let excluded: Vec<&str> = query.split('&').filter_map(|kv| kv.strip_prefix("exclude=")).collect();
+    let alarm = |s: &runtime::node::NodeStatus| {
+        s.alarms
+            .iter()
+            .filter_map(|a| AlarmType::try_from(a.alarm).ok())
+            .rfind(|t| !excluded.contains(&t.as_str_name()))
+    };
     let answer = match node.status().await {
+        Ok(s) if alarm(&s).is_some() => {
+            let name = alarm(&s).map_or("", |t| t.as_str_name());
+            (StatusCode::SERVICE_UNAVAILABLE, json(false, &format!("ALARM {name}")))
+        }
         Ok(s) if s.leader != 0 => (StatusCode::OK, json(true, "")),
         Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, json(false, "RAFT NO LEADER")),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, json(false, "SERVER STOPPED")),
@@ -33,6 +52,22 @@ async fn health(node: NodeHandle) -> impl IntoResponse {
     let counter = if answer.0 == StatusCode::OK { &HEALTH_SUCCESS } else { &HEALTH_FAILURES };
     counter.fetch_add(1, Relaxed);
     answer
+}
+
+/// A number as Prometheus' Go client prints a float (Go's `strconv.FormatFloat(v, 'g', -1,
+/// 64)`): integers below a million as they are, larger ones as `d.ddde+XX` with the fewest
+/// digits that give the value back, as etcd prints `etcd_server_quota_backend_bytes`.
+fn go_float(v: i64) -> String {
+    if v.unsigned_abs() < 1_000_000 {
+        return v.to_string();
+    }
+    let digits = v.unsigned_abs().to_string();
+    let exponent = digits.len() - 1;
+    let mantissa = digits.trim_end_matches('0');
+    let sign = if v < 0 { "-" } else { "" };
+    let (first, rest) = mantissa.split_at(1);
+    let dot = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+    format!("{sign}{first}{dot}e+{exponent:02}")
 }
 
 /// `etcd_server_health_success` and `etcd_server_health_failures`: `/health` answers.
@@ -215,6 +250,11 @@ async fn metrics(node: NodeHandle) -> impl IntoResponse {
         "The current number of pending proposals to commit.",
         runtime::metrics::PROPOSALS_PENDING.load(Relaxed),
     );
+    out.gauge(
+        "etcd_server_quota_backend_bytes",
+        "Current backend storage quota size in bytes.",
+        go_float(runtime::metrics::QUOTA_BACKEND_BYTES.load(Relaxed)),
+    );
     out.header(
         "etcd_server_version",
         "gauge",
@@ -222,4 +262,21 @@ async fn metrics(node: NodeHandle) -> impl IntoResponse {
     );
     let _ = writeln!(out.0, "etcd_server_version{{server_version=\"{}\"}} 1", crate::ETCD_VERSION);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_float;
+
+    /// As etcd 3.5.1's `/metrics` printed its quota for `--quota-backend-bytes` of -5, 0,
+    /// 16777216 and 9000000000.
+    #[test]
+    fn floats_print_as_go_prints_them() {
+        assert_eq!(go_float(-5), "-5");
+        assert_eq!(go_float(20480), "20480");
+        assert_eq!(go_float(2147483648), "2.147483648e+09");
+        assert_eq!(go_float(16777216), "1.6777216e+07");
+        assert_eq!(go_float(9000000000), "9e+09");
+        assert_eq!(go_float(1_000_000), "1e+06");
+    }
 }

@@ -140,6 +140,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         snapshot_count: config.snapshot_count,
     };
     let (handle, node_task) = node::spawn(recovered, driver, shutdown.clone());
+    let quota_bytes = backend_quota(config.quota_backend_bytes);
     let self_member = Member {
         id: member_id,
         name: config.name.clone(),
@@ -180,6 +181,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             config.max_request_bytes,
             config.max_txn_ops,
             lease_ids.clone(),
+            quota_bytes,
         );
         let signal = stopped(shutdown.clone());
         let mut members = handle.members();
@@ -252,6 +254,34 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         s.abort();
     }
     node_result
+}
+
+/// `--quota-backend-bytes` as etcd 3.5.1 takes it (and logs it): 0 is the default of 2 GiB, a
+/// negative value turns the quota off, a value above 8 GiB is taken with a warning. Sets the
+/// `etcd_server_quota_backend_bytes` gauge to what the flag resolved to (etcd's shows the flag
+/// itself when the quota is off).
+fn backend_quota(flag: i64) -> Option<u64> {
+    use keel_core::quota::{quota_bytes, MAX_QUOTA_BYTES};
+    let quota = quota_bytes(flag);
+    match quota {
+        None => tracing::info!(quota_size_bytes = flag, "disabled backend quota"),
+        Some(q) if flag == 0 => {
+            tracing::info!(quota_size_bytes = q, "enabled backend quota with default value")
+        }
+        Some(q) => {
+            if q > MAX_QUOTA_BYTES {
+                tracing::warn!(
+                    quota_size_bytes = q,
+                    quota_maximum_size_bytes = MAX_QUOTA_BYTES,
+                    "quota exceeds the maximum value"
+                );
+            }
+            tracing::info!(quota_size_bytes = q, "enabled backend quota");
+        }
+    }
+    let gauge = quota.map_or(flag, |q| i64::try_from(q).unwrap_or(i64::MAX));
+    runtime::metrics::QUOTA_BACKEND_BYTES.store(gauge, std::sync::atomic::Ordering::Relaxed);
+    quota
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone): the servers' stop signal.

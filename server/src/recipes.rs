@@ -202,6 +202,7 @@ fn prefix_key(name: &[u8]) -> Bytes {
 #[tonic::async_trait]
 impl Lock for Recipes {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        crate::services::refuse_learner(&self.node)?;
         let req = request.into_inner();
         let key = owner_key(&req.name, req.lease);
         let (rev, _, _) = self.create_owner_key(&key, Bytes::new(), req.lease).await?;
@@ -212,6 +213,7 @@ impl Lock for Recipes {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        crate::services::refuse_learner(&self.node)?;
         let key = request.into_inner().key;
         match crate::services::propose(
             &self.node,
@@ -241,6 +243,7 @@ impl Election for Recipes {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        crate::services::refuse_learner(&self.node)?;
         let req = request.into_inner();
         let key = owner_key(&req.name, req.lease);
         let (rev, kv, _) = self.create_owner_key(&key, req.value.clone(), req.lease).await?;
@@ -259,6 +262,7 @@ impl Election for Recipes {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        crate::services::refuse_learner(&self.node)?;
         let req = request.into_inner();
         let l = req.leader.ok_or_else(|| Status::invalid_argument(ELECTION_NOT_LEADER))?;
         let header = self.proclaim_at(&l.key, l.rev, l.lease, req.value).await?;
@@ -266,6 +270,7 @@ impl Election for Recipes {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        crate::services::refuse_learner(&self.node)?;
         let (kv, header) = Recipes::leader(self, &request.into_inner().name).await?;
         match kv {
             Some(kv) => Ok(Response::new(LeaderResponse { header: Some(header), kv: Some(kv) })),
@@ -280,6 +285,7 @@ impl Election for Recipes {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        crate::services::refuse_learner(&self.node)?;
         let name = request.into_inner().name;
         let me = self.clone();
         // Each step: report the leader if it changed, then wait for any change under the name.
@@ -305,6 +311,7 @@ impl Election for Recipes {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        crate::services::refuse_learner(&self.node)?;
         let l = request.into_inner().leader.ok_or_else(|| Status::invalid_argument(ELECTION_NOT_LEADER))?;
         let del = op(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
             key: l.key.clone(),

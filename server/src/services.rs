@@ -37,6 +37,22 @@ pub(crate) struct Services {
     max_txn_ops: usize,
     /// Lease ids when the client leaves the choice to the server, as etcd numbers them.
     lease_ids: std::sync::Arc<std::sync::Mutex<LeaseIdGen>>,
+    /// `--quota-backend-bytes` resolved (`None`: no quota).
+    quota_bytes: Option<u64>,
+}
+
+/// etcd's answer to most requests a learner receives.
+pub(crate) const LEARNER_NOT_SUPPORTED: &str = "etcdserver: rpc not supported for learner";
+
+/// etcd 3.5 lets a learner serve only serializable ranges, Status and Snapshot; everything
+/// else it answers with Unavailable (checked against etcd 3.5.1 with each RPC). The caller
+/// calls this first, before any validation, as etcd's interceptor does.
+pub(crate) fn refuse_learner(node: &NodeHandle) -> Result<(), Status> {
+    let learner = node.members().borrow().members.iter().any(|m| m.id == node.member_id && m.is_learner);
+    if learner {
+        return Err(Status::unavailable(LEARNER_NOT_SUPPORTED));
+    }
+    Ok(())
 }
 
 fn unimplemented(what: &str, issue: u32) -> Status {
@@ -50,8 +66,9 @@ impl Services {
         max_request_bytes: usize,
         max_txn_ops: usize,
         lease_ids: std::sync::Arc<std::sync::Mutex<LeaseIdGen>>,
+        quota_bytes: Option<u64>,
     ) -> Self {
-        Services { node, self_member, max_request_bytes, max_txn_ops, lease_ids }
+        Services { node, self_member, max_request_bytes, max_txn_ops, lease_ids, quota_bytes }
     }
 
     /// etcd's gRPC services and, on the same port, its HTTP endpoints (`/health`, `/version`,
@@ -131,6 +148,43 @@ impl Services {
     async fn write(&self, op: Op) -> Result<WriteResponse, Status> {
         propose(&self.node, op).await.map_err(request_status)
     }
+
+    fn learner_check(&self) -> Result<(), Status> {
+        refuse_learner(&self.node)
+    }
+
+    /// etcd's quota check before a put, transaction or lease grant of `cost`: if the database
+    /// and the cost would reach the quota, this member raises the NOSPACE alarm (through the
+    /// log, so every member refuses writes that could grow the database from then on) and the
+    /// request fails. The size is the image's pages in use: Keel's file never shrinks but
+    /// reuses freed pages, so after a compaction the pages in use are what etcd's file is after
+    /// a defrag.
+    async fn check_quota(&self, cost: u64) -> Result<(), Status> {
+        if self.quota_bytes.is_none() {
+            return Ok(());
+        }
+        let s = self.node.status().await.map_err(request_status)?;
+        if keel_core::quota::available(s.db_in_use_bytes, cost, self.quota_bytes) {
+            return Ok(());
+        }
+        let raise = AlarmRequest {
+            action: alarm_request::AlarmAction::Activate as i32,
+            member_id: self.self_member.id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = propose(&self.node, Op::Alarm(raise)).await {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+        }
+        Err(request_status(RequestError::Apply(keel_core::state_machine::ApplyError::NoSpace)))
+    }
+}
+
+/// An alarm as etcd prints it (protobuf's text form): `memberID:<id> alarm:NOSPACE `, the
+/// form `etcdctl alarm list` shows and endpoint status lists among its errors.
+fn alarm_text(a: &AlarmMember) -> String {
+    let name =
+        AlarmType::try_from(a.alarm).map_or_else(|_| a.alarm.to_string(), |t| t.as_str_name().to_string());
+    format!("memberID:{} alarm:{} ", a.member_id, name)
 }
 
 /// A client's proposal, counted as etcd counts them: pending while it waits, failed when it
@@ -152,6 +206,9 @@ pub(crate) async fn propose(node: &NodeHandle, op: Op) -> Result<WriteResponse, 
 impl Kv for Services {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
+        if !req.serializable {
+            self.learner_check()?;
+        }
         self.check_size(&req)?;
         if req.key.is_empty() {
             return Err(invalid(errors::KEY_NOT_PROVIDED));
@@ -160,7 +217,9 @@ impl Kv for Services {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.learner_check()?;
         let req = request.into_inner();
+        self.check_quota(keel_core::quota::put_cost(&req)).await?;
         self.check_size(&req)?;
         check_put(&req)?;
         match self.write(Op::Put(req)).await? {
@@ -173,6 +232,7 @@ impl Kv for Services {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.learner_check()?;
         let req = request.into_inner();
         self.check_size(&req)?;
         if req.key.is_empty() {
@@ -185,7 +245,9 @@ impl Kv for Services {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.learner_check()?;
         let req = request.into_inner();
+        self.check_quota(keel_core::quota::txn_cost(&req)).await?;
         self.check_size(&req)?;
         self.check_txn(&req)?;
         // Checked after the cheap checks, as etcd does, to avoid quadratic work on bad input.
@@ -202,6 +264,7 @@ impl Kv for Services {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        self.learner_check()?;
         let req = request.into_inner();
         match self.write(Op::Compaction(req)).await? {
             WriteResponse::Compaction(r) => Ok(Response::new(r)),
@@ -228,21 +291,33 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 
 #[tonic::async_trait]
 impl Maintenance for Services {
+    /// GET lists the raised alarms of the type asked for (all for NONE) as this member has
+    /// applied them; ACTIVATE and DEACTIVATE go through the log and answer the alarm changed
+    /// (none if nothing changed).
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm can be raised yet (quota and corruption checks come with the storage engine),
-        // so the list is truthfully empty; raising or clearing one is not supported.
-        if request.get_ref().action != alarm_request::AlarmAction::Get as i32 {
-            return Err(unimplemented("Alarm activate/deactivate", 5));
+        self.learner_check()?;
+        let req = request.into_inner();
+        if req.action == alarm_request::AlarmAction::Get as i32 {
+            let s = self.node.status().await.map_err(request_status)?;
+            let alarms = s
+                .alarms
+                .into_iter()
+                .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                .collect();
+            return Ok(Response::new(AlarmResponse { header: Some(s.header), alarms }));
         }
-        let status = self.node.status().await.map_err(request_status)?;
-        Ok(Response::new(AlarmResponse { header: Some(status.header), alarms: Vec::new() }))
+        match self.write(Op::Alarm(req)).await? {
+            WriteResponse::Alarm(r) => Ok(Response::new(r)),
+            other => Err(Status::internal(format!("alarm answered with {other:?}"))),
+        }
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.node.status().await.map_err(request_status)?;
         let is_learner = s.members.iter().any(|m| m.id == self.node.member_id && m.is_learner);
-        // etcd reports a missing leader among the errors (alarms would join it; none exist).
-        let errors = if s.leader == 0 { vec!["etcdserver: no leader".to_string()] } else { Vec::new() };
+        // etcd reports a missing leader among the errors, then every raised alarm.
+        let mut errors = if s.leader == 0 { vec!["etcdserver: no leader".to_string()] } else { Vec::new() };
+        errors.extend(s.alarms.iter().map(alarm_text));
         Ok(Response::new(StatusResponse {
             header: Some(s.header),
             version: crate::ETCD_VERSION.to_string(),
@@ -258,12 +333,15 @@ impl Maintenance for Services {
     }
 
     /// The B-tree reuses freed pages but never gives them back to the file system, so there is
-    /// nothing to compact; like etcd, the answer carries no header.
+    /// nothing to move; what a defrag does here is save the image now (a checkpoint), so that
+    /// the pages a compaction freed count as free at once (the quota checks the pages in use).
+    /// Like etcd, the answer carries no header.
     async fn defragment(
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.node.status().await.map_err(request_status)?;
+        self.learner_check()?;
+        self.node.snapshot().await.map_err(request_status)?;
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
@@ -271,6 +349,7 @@ impl Maintenance for Services {
     /// history as the image stores it, then the current and compacted revisions and the
     /// members. It is the same on every member that has applied the same index.
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.learner_check()?;
         let snap = self.node.snapshot().await.map_err(request_status)?;
         let image = keel_core::pb::keelpb::FullImage::decode(snap.image)
             .map_err(|e| Status::data_loss(format!("keel: the state image does not decode: {e}")))?;
@@ -278,6 +357,7 @@ impl Maintenance for Services {
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.learner_check()?;
         let h = self.node.hash_kv(r.into_inner().revision).await.map_err(request_status)?;
         Ok(Response::new(HashKvResponse {
             header: Some(h.header),
@@ -324,6 +404,7 @@ impl Maintenance for Services {
         &self,
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.learner_check()?;
         let target = r.into_inner().target_id;
         let s = self.node.status().await.map_err(request_status)?;
         if s.leader != self.self_member.id {
@@ -350,6 +431,7 @@ impl Maintenance for Services {
     }
 
     async fn downgrade(&self, _r: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        self.learner_check()?;
         Err(unimplemented("Downgrade", 7))
     }
 }
@@ -369,6 +451,10 @@ fn image_hash(image: &keel_core::pb::keelpb::FullImage) -> u32 {
         for m in &state.members {
             h.update(&m.id.to_le_bytes());
             h.update(m.peer_ur_ls.join(",").as_bytes());
+        }
+        for a in &state.alarms {
+            h.update(&a.member_id.to_le_bytes());
+            h.update(&a.alarm.to_le_bytes());
         }
     }
     h.finalize()
@@ -405,6 +491,7 @@ fn member_urls(urls: &[String]) -> Result<Vec<String>, Status> {
 #[tonic::async_trait]
 impl Cluster for Services {
     async fn member_add(&self, r: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        self.learner_check()?;
         let r = r.into_inner();
         let peer_urls = member_urls(&r.peer_ur_ls)?;
         let unix_secs = std::time::SystemTime::now()
@@ -420,6 +507,7 @@ impl Cluster for Services {
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.learner_check()?;
         let change = MemberChange::Remove { id: r.into_inner().id };
         let c = self.node.change_members(change).await.map_err(request_status)?;
         Ok(Response::new(MemberRemoveResponse { header: Some(c.header), members: c.members }))
@@ -429,6 +517,7 @@ impl Cluster for Services {
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.learner_check()?;
         // etcd does not check the new URLs' form here (only that no other member has them).
         let r = r.into_inner();
         let change = MemberChange::Update { id: r.id, peer_urls: r.peer_ur_ls };
@@ -440,6 +529,7 @@ impl Cluster for Services {
         &self,
         _r: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        self.learner_check()?;
         let s = self.node.status().await.map_err(request_status)?;
         let members = s
             .members
@@ -463,6 +553,7 @@ impl Cluster for Services {
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.learner_check()?;
         let id = r.into_inner().id;
         let deadline = tokio::time::Instant::now() + runtime::node::REQUEST_TIMEOUT;
         loop {
@@ -525,6 +616,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
+        self.learner_check()?;
         Err(Status::failed_precondition(ROOT_USER_NOT_EXIST))
     }
 
@@ -532,6 +624,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
+        self.learner_check()?;
         let header = self.auth_header().await?;
         Ok(Response::new(AuthDisableResponse { header: Some(header) }))
     }
@@ -540,6 +633,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.learner_check()?;
         let header = self.auth_header().await?;
         Ok(Response::new(AuthStatusResponse {
             header: Some(header),
@@ -553,6 +647,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
+        self.learner_check()?;
         Err(Status::failed_precondition(AUTH_NOT_ENABLED))
     }
 
@@ -560,6 +655,7 @@ impl Auth for Services {
         &self,
         r: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
+        self.learner_check()?;
         if r.get_ref().name.is_empty() {
             return Err(invalid(USER_EMPTY));
         }
@@ -570,6 +666,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
+        self.learner_check()?;
         Err(user_not_found())
     }
 
@@ -577,6 +674,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.learner_check()?;
         let header = self.auth_header().await?;
         Ok(Response::new(AuthUserListResponse { header: Some(header), users: Vec::new() }))
     }
@@ -585,6 +683,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        self.learner_check()?;
         Err(user_not_found())
     }
 
@@ -592,6 +691,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        self.learner_check()?;
         Err(user_not_found())
     }
 
@@ -599,6 +699,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        self.learner_check()?;
         Err(user_not_found())
     }
 
@@ -606,6 +707,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        self.learner_check()?;
         Err(user_not_found())
     }
 
@@ -613,6 +715,7 @@ impl Auth for Services {
         &self,
         r: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        self.learner_check()?;
         if r.get_ref().name.is_empty() {
             return Err(invalid(ROLE_EMPTY));
         }
@@ -623,6 +726,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        self.learner_check()?;
         Err(role_not_found())
     }
 
@@ -630,6 +734,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.learner_check()?;
         let header = self.auth_header().await?;
         Ok(Response::new(AuthRoleListResponse { header: Some(header), roles: Vec::new() }))
     }
@@ -638,6 +743,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        self.learner_check()?;
         Err(role_not_found())
     }
 
@@ -645,6 +751,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        self.learner_check()?;
         Err(role_not_found())
     }
 
@@ -652,6 +759,7 @@ impl Auth for Services {
         &self,
         _r: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        self.learner_check()?;
         Err(role_not_found())
     }
 }
@@ -716,6 +824,7 @@ impl Watch for Services {
         &self,
         request: Request<tonic::Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.learner_check()?;
         let mut inbound = request.into_inner();
         let node = self.node.clone();
         let (stream, rx) = node.watch_open().await.map_err(request_status)?;
@@ -847,6 +956,8 @@ impl Lease for Services {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.learner_check()?;
+        self.check_quota(keel_core::quota::LEASE_OVERHEAD_BYTES).await?;
         let mut req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL_SECS {
             return Err(errors::lease_status(&LeaseError::TooLargeTtl));
@@ -864,6 +975,7 @@ impl Lease for Services {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.learner_check()?;
         match self.write(Op::LeaseRevoke(request.into_inner())).await? {
             WriteResponse::LeaseRevoke(r) => Ok(Response::new(r)),
             other => Err(Status::internal(format!("lease revoke answered with {other:?}"))),
@@ -876,6 +988,7 @@ impl Lease for Services {
         &self,
         request: Request<tonic::Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.learner_check()?;
         let inbound = request.into_inner();
         let node = self.node.clone();
         type State = (tonic::Streaming<LeaseKeepAliveRequest>, NodeHandle, Option<LeaseClient<Channel>>);
@@ -909,6 +1022,7 @@ impl Lease for Services {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.learner_check()?;
         let req = request.into_inner();
         // The remaining TTL is known exactly only on the leader: a follower asks it.
         let status = self.node.status().await.map_err(request_status)?;
@@ -937,6 +1051,7 @@ impl Lease for Services {
         &self,
         _r: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.learner_check()?;
         let (header, ids) = self.node.lease_leases().await.map_err(request_status)?;
         let leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();
         Ok(Response::new(LeaseLeasesResponse { header: Some(header), leases }))

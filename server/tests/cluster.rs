@@ -369,3 +369,198 @@ fn real_clients_against_three_members() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""count":"3""#), "rc/a, rc/w and rc/gw through the leader: {body}");
 }
+
+/// Every client RPC a learner gets, with whether etcd 3.5.1 serves it there (checked against a
+/// real etcd learner: serializable Range, Status and Snapshot only; the rest answer
+/// Unavailable "etcdserver: rpc not supported for learner").
+async fn learner_answers(endpoint: String) -> Vec<(&'static str, Result<(), (tonic::Code, String)>)> {
+    use futures::StreamExt;
+    use server::pb::etcdserverpb::auth_client::AuthClient;
+    use server::pb::etcdserverpb::cluster_client::ClusterClient;
+    use server::pb::etcdserverpb::kv_client::KvClient;
+    use server::pb::etcdserverpb::lease_client::LeaseClient;
+    use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+    use server::pb::etcdserverpb::watch_client::WatchClient;
+    use server::pb::etcdserverpb::*;
+    use server::pb::v3electionpb::election_client::ElectionClient;
+    use server::pb::v3lockpb::lock_client::LockClient;
+
+    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect().await.unwrap();
+    let mut kv = KvClient::new(channel.clone());
+    let mut watch = WatchClient::new(channel.clone());
+    let mut lease = LeaseClient::new(channel.clone());
+    let mut cluster = ClusterClient::new(channel.clone());
+    let mut maintenance = MaintenanceClient::new(channel.clone());
+    let mut auth = AuthClient::new(channel.clone());
+    let mut lock = LockClient::new(channel.clone());
+    let mut election = ElectionClient::new(channel);
+    fn done<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<(), (tonic::Code, String)> {
+        r.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))
+    }
+    let key = || bytes::Bytes::from_static(b"foo");
+    let mut out = Vec::new();
+    out.push(("Range", done(kv.range(RangeRequest { key: key(), ..Default::default() }).await)));
+    let serializable = RangeRequest { key: key(), serializable: true, ..Default::default() };
+    out.push(("Range serializable", done(kv.range(serializable).await)));
+    out.push(("Put", done(kv.put(PutRequest { key: key(), ..Default::default() }).await)));
+    out.push((
+        "DeleteRange",
+        done(kv.delete_range(DeleteRangeRequest { key: key(), ..Default::default() }).await),
+    ));
+    out.push(("Txn", done(kv.txn(TxnRequest::default()).await)));
+    out.push(("Compact", done(kv.compact(CompactionRequest { revision: 1, physical: false }).await)));
+    out.push(("Watch", done(watch.watch(futures::stream::pending::<WatchRequest>()).await)));
+    out.push(("LeaseGrant", done(lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await)));
+    out.push(("LeaseRevoke", done(lease.lease_revoke(LeaseRevokeRequest { id: 1 }).await)));
+    let keep_alive = lease.lease_keep_alive(futures::stream::pending::<LeaseKeepAliveRequest>()).await;
+    out.push(("LeaseKeepAlive", done(keep_alive)));
+    out.push((
+        "LeaseTimeToLive",
+        done(lease.lease_time_to_live(LeaseTimeToLiveRequest { id: 1, keys: false }).await),
+    ));
+    out.push(("LeaseLeases", done(lease.lease_leases(LeaseLeasesRequest {}).await)));
+    out.push(("MemberList", done(cluster.member_list(MemberListRequest::default()).await)));
+    out.push(("MemberPromote", done(cluster.member_promote(MemberPromoteRequest { id: 1 }).await)));
+    out.push(("MemberRemove", done(cluster.member_remove(MemberRemoveRequest { id: 1 }).await)));
+    out.push(("Status", done(maintenance.status(StatusRequest {}).await)));
+    let snapshot = maintenance.snapshot(SnapshotRequest {}).await;
+    let snapshot = match snapshot {
+        Ok(s) => s
+            .into_inner()
+            .next()
+            .await
+            .map_or(Ok(()), |m| m.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))),
+        Err(s) => Err((s.code(), s.message().to_string())),
+    };
+    out.push(("Snapshot", snapshot));
+    out.push(("Alarm", done(maintenance.alarm(AlarmRequest::default()).await)));
+    out.push(("Defragment", done(maintenance.defragment(DefragmentRequest {}).await)));
+    out.push(("Hash", done(maintenance.hash(HashRequest {}).await)));
+    out.push(("HashKV", done(maintenance.hash_kv(HashKvRequest { revision: 0 }).await)));
+    out.push(("MoveLeader", done(maintenance.move_leader(MoveLeaderRequest { target_id: 1 }).await)));
+    out.push(("AuthStatus", done(auth.auth_status(AuthStatusRequest {}).await)));
+    out.push(("UserList", done(auth.user_list(AuthUserListRequest {}).await)));
+    let lock_req = server::pb::v3lockpb::LockRequest { name: key(), lease: 1 };
+    out.push(("Lock", done(lock.lock(lock_req).await)));
+    let leader_req = server::pb::v3electionpb::LeaderRequest { name: key() };
+    out.push(("Leader", done(election.leader(leader_req).await)));
+    out
+}
+
+/// A learner serves what etcd's learners serve and refuses the rest with etcd's error, through
+/// gRPC and through etcdctl; once promoted, it serves everything. And the NOSPACE alarm is
+/// the cluster's: raised through one member, it refuses puts through every other member until
+/// disarmed.
+#[test]
+fn a_learner_refuses_what_etcd_learners_refuse() {
+    let _serial = one_cluster_at_a_time();
+    let bins = provision();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut members, cluster, l) = running_cluster(&bins, dir.path(), &[]);
+    let ep = |m: &Member| endpoint(m);
+    until_ok(&bins, &ep(&members[l]), &["put", "foo", "bar"]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // NOSPACE, raised through one member, is seen and enforced by all.
+    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+    let id_a = rt.block_on(async {
+        use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+        use server::pb::etcdserverpb::*;
+        let mut c = MaintenanceClient::connect(format!("http://{}", ep(&members[a]))).await.unwrap();
+        let id = c.status(StatusRequest {}).await.unwrap().into_inner().header.unwrap().member_id;
+        let raise = AlarmRequest {
+            action: alarm_request::AlarmAction::Activate as i32,
+            member_id: id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let raised = c.alarm(raise).await.unwrap().into_inner();
+        assert_eq!(raised.alarms, vec![AlarmMember { member_id: id, alarm: AlarmType::Nospace as i32 }]);
+        id
+    });
+    let alarm = format!("memberID:{id_a} alarm:NOSPACE \n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while etcdctl(&bins.etcdctl, &ep(&members[b]), &["alarm", "list"]).stdout != alarm {
+        assert!(Instant::now() < deadline, "the alarm reaches every member");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for m in &members {
+        let out = etcdctl(&bins.etcdctl, &ep(m), &["put", "foo", "x"]);
+        assert_eq!(jepsen::user_stderr(&out.stderr), "Error: etcdserver: mvcc: database space exceeded");
+        assert_eq!(etcdctl(&bins.etcdctl, &ep(m), &["get", "foo", "--print-value-only"]).stdout, "bar\n");
+    }
+    assert_eq!(etcdctl(&bins.etcdctl, &ep(&members[b]), &["alarm", "disarm"]).stdout, alarm);
+    until_ok(&bins, &ep(&members[a]), &["put", "foo", "bar"]);
+
+    // A learner joins.
+    let mut learner =
+        Member { name: "infra4".to_string(), client: free_port(), peer: free_port(), proc: None };
+    let learner_peer = format!("http://127.0.0.1:{}", learner.peer);
+    let added = etcdctl(
+        &bins.etcdctl,
+        &ep(&members[l]),
+        &["member", "add", "infra4", "--learner", &format!("--peer-urls={learner_peer}")],
+    );
+    assert_eq!(added.code, 0, "{added:?}");
+    let learner_id = added.stdout.split_whitespace().nth(1).unwrap().to_string();
+    let mut args = args(&learner, &format!("{cluster},infra4={learner_peer}"), dir.path());
+    args.retain(|a| !a.starts_with("--initial-cluster-state"));
+    args.push("--initial-cluster-state=existing".to_string());
+    let log = dir.path().join("infra4.log");
+    let mut p = Proc::spawn("infra4", &common::keel_bin(), &args, &log);
+    p.wait_listening(SocketAddr::from(([127, 0, 0, 1], learner.client)), Duration::from_secs(30));
+    learner.proc = Some(p);
+    let lep = ep(&learner);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while etcdctl(&bins.etcdctl, &lep, &["get", "foo", "--consistency=s", "--print-value-only"]).stdout
+        != "bar\n"
+    {
+        assert!(Instant::now() < deadline, "the learner catches up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // What etcd 3.5.1's learner answered, RPC by RPC.
+    let served = ["Range serializable", "Status", "Snapshot"];
+    let refused = (tonic::Code::Unavailable, "etcdserver: rpc not supported for learner".to_string());
+    for (rpc, answer) in rt.block_on(learner_answers(format!("http://{lep}"))) {
+        if served.contains(&rpc) {
+            assert_eq!(answer, Ok(()), "{rpc} is served by a learner");
+        } else {
+            assert_eq!(answer, Err(refused.clone()), "{rpc} is refused by a learner");
+        }
+    }
+    // Through etcdctl, as etcd's learner printed it (commands etcdctl does not retry).
+    for args in
+        [&["put", "foo", "x"][..], &["del", "foo"], &["compaction", "1"], &["member", "promote", &learner_id]]
+    {
+        let out = etcdctl(&bins.etcdctl, &lep, args);
+        assert_eq!(
+            (jepsen::user_stderr(&out.stderr).as_str(), out.code),
+            ("Error: etcdserver: rpc not supported for learner", 1),
+            "{args:?}"
+        );
+    }
+    let out = etcdctl(&bins.etcdctl, &lep, &["defrag"]);
+    assert_eq!(
+        (jepsen::user_stderr(&out.stderr), out.code),
+        (format!("Failed to defragment etcd member[{lep}] (etcdserver: rpc not supported for learner)"), 1)
+    );
+    let status = etcdctl(&bins.etcdctl, &lep, &["endpoint", "status"]);
+    assert!(status.code == 0 && status.stdout.contains(&format!(", {learner_id}, 3.5.1, ")), "{status:?}");
+    assert!(status.stdout.contains(", false, true, "), "not leader, learner: {status:?}");
+    // The JSON gateway goes through the same services.
+    let (code, body) = post(learner.client, "/v3/kv/range", r#"{"key":"Zm9v"}"#);
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            503,
+            r#"{"error":"etcdserver: rpc not supported for learner","code":14,"message":"etcdserver: rpc not supported for learner"}"#
+        )
+    );
+
+    // Promoted, it serves everything.
+    until_ok(&bins, &ep(&members[l]), &["member", "promote", &learner_id]);
+    until_ok(&bins, &lep, &["put", "foo", "promoted"]);
+    assert_eq!(until_ok(&bins, &lep, &["get", "foo", "--print-value-only"]), "promoted\n");
+    until_ok(&bins, &lep, &["member", "list"]);
+    members.push(learner);
+}
