@@ -255,9 +255,17 @@ pub struct NodeHandle {
     pub member_id: u64,
     pub cluster_id: u64,
     members: watch::Receiver<Arc<MembersView>>,
+    /// The image's pages in use, in bytes, as of the last save: read on every write that
+    /// checks the quota, so it is kept here rather than asked of the node task.
+    db_in_use: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NodeHandle {
+    /// Bytes of the image's pages in use as of its last save (or snapshot install).
+    pub fn db_in_use_bytes(&self) -> u64 {
+        self.db_in_use.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Proposes a write and waits for it to apply, at most [`REQUEST_TIMEOUT`]; a timeout means
     /// the outcome is unknown (it may still apply), as etcd's "request timed out" does.
     pub async fn propose(&self, op: Op) -> Result<WriteResponse, RequestError> {
@@ -451,6 +459,8 @@ struct Driver<D: Dir, F: PageFile> {
     snapshot_reports: SnapshotReports,
     /// When this member last proposed its own attributes (name, client URLs).
     last_publish_tick: Option<u64>,
+    /// Shared with the handles: see [`NodeHandle::db_in_use_bytes`].
+    db_in_use: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -463,7 +473,14 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
     let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (reports_tx, mut reports_rx) = mpsc::channel(SNAPSHOT_REPORTS_MAX);
     let (members_tx, members) = watch::channel(Arc::new(MembersView::default()));
-    let handle = NodeHandle { tx, member_id: cfg.member_id, cluster_id: cfg.cluster_id, members };
+    let db_in_use = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let handle = NodeHandle {
+        tx,
+        member_id: cfg.member_id,
+        cluster_id: cfg.cluster_id,
+        members,
+        db_in_use: db_in_use.clone(),
+    };
     let cfg_tick_ms = cfg.tick.as_millis() as u64;
     let mut d = Driver {
         cfg,
@@ -491,7 +508,9 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         saving: None,
         snapshot_reports: SnapshotReports(reports_tx),
         last_publish_tick: None,
+        db_in_use,
     };
+    d.refresh_db_in_use();
     d.membership_changed();
     {
         // The only voter elects itself at once instead of waiting out an election timeout: no
@@ -723,10 +742,7 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                     raft_applied_index: self.node.applied(),
                     wal_bytes: self.storage.wal.len(),
                     db_bytes: self.storage.image.file_bytes(),
-                    db_in_use_bytes: {
-                        let stats = self.storage.image.with_db(|db| db.stats());
-                        (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64
-                    },
+                    db_in_use_bytes: self.refresh_db_in_use(),
                     members: self.sm.members().cloned().collect(),
                     alarms: self.sm.alarms().collect(),
                 });
@@ -974,6 +990,7 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             let mut members_changed = outcome.installed.is_some();
             if let Some(index) = outcome.installed {
                 tracing::info!(index, "installed a snapshot from the leader");
+                self.refresh_db_in_use();
                 self.hub.desync_all();
             }
             for (_, effect) in outcome.applied {
@@ -1071,7 +1088,16 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             Ok(Err(e)) => return Err(format!("saving the state image failed: {e}")),
             Err(_) => return Err("the state image save was lost".to_string()),
         };
+        self.refresh_db_in_use();
         finish_checkpoint(&mut self.node, &mut self.storage.wal, &meta).map_err(|e| e.to_string())
+    }
+
+    /// Reads the image's pages in use and shares the figure with the handles.
+    fn refresh_db_in_use(&self) -> u64 {
+        let stats = self.storage.image.with_db(|db| db.stats());
+        let bytes = (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64;
+        self.db_in_use.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        bytes
     }
 
     /// Answers the proposer of an applied membership change; notes this member's removal.

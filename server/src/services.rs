@@ -163,8 +163,7 @@ impl Services {
         if self.quota_bytes.is_none() {
             return Ok(());
         }
-        let s = self.node.status().await.map_err(request_status)?;
-        if keel_core::quota::available(s.db_in_use_bytes, cost, self.quota_bytes) {
+        if keel_core::quota::available(self.node.db_in_use_bytes(), cost, self.quota_bytes) {
             return Ok(());
         }
         let raise = AlarmRequest {

@@ -36,6 +36,10 @@ impl KeyHistory {
         if let Some((last, _)) = self.changes.last() {
             assert!(rev > *last, "key history must grow: {rev:?} after {last:?}");
         }
+        if self.changes.capacity() == 0 {
+            // Most keys keep one version: a first push would reserve room for four.
+            self.changes.reserve_exact(1);
+        }
         self.changes.push((rev, kv));
     }
 
@@ -124,7 +128,8 @@ impl KeyHistory {
     /// The history of `key` from its image. Errors name what is wrong (an image is data read
     /// from disk or a peer, so it is checked, not trusted).
     pub(crate) fn from_image(key: &Bytes, image: KeyHistoryImage) -> Result<KeyHistory, String> {
-        let mut h = KeyHistory::default();
+        // Sized exactly: most keys have one version, and a Vec's first push reserves four.
+        let mut h = KeyHistory { changes: Vec::with_capacity(image.versions.len()) };
         for v in image.versions {
             let rev = Revision::new(v.main, v.sub);
             if h.changes.last().is_some_and(|(last, _)| *last >= rev) {

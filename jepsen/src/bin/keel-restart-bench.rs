@@ -29,6 +29,9 @@ struct Args {
     /// Where the data directories go (a real disk, not tmpfs).
     #[arg(long, default_value = "target/restart-bench")]
     dir: PathBuf,
+    /// Keep the data directories (to profile a restart by hand).
+    #[arg(long)]
+    keep: bool,
     /// Run only Keel (for profiling its restart; no comparison is printed).
     #[arg(long)]
     keel_only: bool,
@@ -166,8 +169,13 @@ fn main() {
     for (name, r) in &rows {
         assert_eq!(r.count, args.keys as i64, "{name}: acknowledged keys missing after the restart");
     }
-    println!(
-        "every acknowledged key present on both; keel / etcd restart time: {:.2}",
-        rows[1].1.restart_secs / rows[0].1.restart_secs
-    );
+    if let [(_, etcd), (_, keel)] = &rows[..] {
+        println!(
+            "every acknowledged key present on both; keel / etcd restart time: {:.2}",
+            keel.restart_secs / etcd.restart_secs
+        );
+    }
+    if args.keep {
+        println!("data kept in {}", dir.keep().display());
+    }
 }
