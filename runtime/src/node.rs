@@ -9,14 +9,10 @@ use crate::ready::handle_ready;
 use crate::ready::{begin_checkpoint, finish_checkpoint, maybe_checkpoint, Storage};
 use crate::recover::Recovered;
 use crate::watch::{WatchHub, WatchSpec, WatchUpdate};
-use keel_core::lease::{
-    LeaseError, TimeToLive, CHECKPOINT_LIMIT, DEFAULT_CHECKPOINT_INTERVAL_MS, EXPIRED_LIMIT,
-    EXPIRY_POLL_INTERVAL_MS,
-};
+use keel_core::lease::{LeaseError, TimeToLive};
 use keel_core::membership::MemberError;
 use keel_core::mvcc::MvccError;
 use keel_core::pb::etcdserverpb::{AlarmMember, Member, RangeRequest, RangeResponse, ResponseHeader};
-use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use keel_core::pb::keelpb::{
     request::Op, ConfChange, ConfChangeType, MessageType, Request, SnapshotMetadata,
 };
@@ -714,7 +710,8 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             }
             Command::LeaseKeepAlive { id, reply } => {
                 let now = self.now_ms();
-                let _ = reply.send((self.header(), self.sm.lessor.renew(id, now)));
+                let renewed = crate::ready::renew_lease(&self.node, &mut self.sm, id, now);
+                let _ = reply.send((self.header(), renewed));
             }
             Command::LeaseTimeToLive { id, reply } => {
                 let now = self.now_ms();
@@ -881,32 +878,11 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
     /// leadership.
     fn drive_leases(&mut self) {
         let now = self.now_ms();
-        let leading = self.node.role() == StateRole::Leader;
-        if !leading {
-            if self.sm.lessor.is_leader() {
-                self.sm.lessor.demote();
-            }
-            return;
-        }
-        if !self.sm.lessor.is_leader() {
-            // Promote once every earlier grant and checkpoint is applied.
-            if self.node.applied() < self.node.committed() {
-                return;
-            }
-            self.sm.lessor.promote(now, self.cfg.election_timeout.as_millis() as u64);
-        }
-        if now < self.last_lease_poll_ms + EXPIRY_POLL_INTERVAL_MS {
-            return;
-        }
-        self.last_lease_poll_ms = now;
-        for id in self.sm.lessor.expired(now, EXPIRED_LIMIT) {
-            self.propose_internal(Op::LeaseRevoke(LeaseRevokeRequest { id }));
-        }
-        let due = self.sm.lessor.checkpoints_due(now, DEFAULT_CHECKPOINT_INTERVAL_MS, CHECKPOINT_LIMIT);
-        if !due.is_empty() {
-            let checkpoints =
-                due.into_iter().map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect();
-            self.propose_internal(Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }));
+        let extend_ms = self.cfg.election_timeout.as_millis() as u64;
+        for op in
+            crate::ready::drive_leases(&self.node, &mut self.sm, now, extend_ms, &mut self.last_lease_poll_ms)
+        {
+            self.propose_internal(op);
         }
     }
 

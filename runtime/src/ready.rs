@@ -1,11 +1,17 @@
-//! The handling of one `Ready`, shared by the tokio driver and the simulator.
+//! The handling of one `Ready`, and the leader's lease duties on a tick and a keep-alive, shared
+//! by the tokio driver and the simulator.
 
 use crate::backend::Dir;
 use crate::btree::PageFile;
 use crate::image::{Image, ImageError, SaveJob};
 use crate::wal::{Wal, WalError};
+use keel_core::lease::{
+    LeaseError, CHECKPOINT_LIMIT, DEFAULT_CHECKPOINT_INTERVAL_MS, EXPIRED_LIMIT, EXPIRY_POLL_INTERVAL_MS,
+};
+use keel_core::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
+use keel_core::pb::keelpb::request::Op;
 use keel_core::pb::keelpb::{MessageType, SnapshotMetadata};
-use keel_core::raft::{MemStorage, Message, RawNode, ReadState, SoftState, Storage as _};
+use keel_core::raft::{MemStorage, Message, RawNode, ReadState, SoftState, StateRole, Storage as _};
 use keel_core::state_machine::{Applied, StateMachine};
 use thiserror::Error;
 
@@ -187,4 +193,66 @@ pub fn maybe_checkpoint<D: Dir, F: PageFile>(
     }
     finish_checkpoint(node, &mut storage.wal, &meta)?;
     Ok(true)
+}
+
+/// The leader's side of leases, called on every tick with this member's monotonic clock: take
+/// over expiry once caught up with the log (every earlier grant and checkpoint applied), let go
+/// on losing leadership, and every [`EXPIRY_POLL_INTERVAL_MS`] return what to propose: a revoke
+/// for each expired lease and one checkpoint request for the remaining TTLs that are due.
+/// `extend_ms` (the election timeout) is what a new leader adds to every lease. Shared by the
+/// node task and the simulator, so that both drive the lessor the same way.
+pub fn drive_leases(
+    node: &RawNode<MemStorage>,
+    sm: &mut StateMachine,
+    now_ms: u64,
+    extend_ms: u64,
+    last_poll_ms: &mut u64,
+) -> Vec<Op> {
+    if node.role() != StateRole::Leader {
+        if sm.lessor.is_leader() {
+            sm.lessor.demote();
+        }
+        return Vec::new();
+    }
+    if !sm.lessor.is_leader() {
+        if node.applied() < node.committed() {
+            return Vec::new();
+        }
+        sm.lessor.promote(now_ms, extend_ms);
+    }
+    if now_ms < *last_poll_ms + EXPIRY_POLL_INTERVAL_MS {
+        return Vec::new();
+    }
+    *last_poll_ms = now_ms;
+    let mut ops: Vec<Op> = sm
+        .lessor
+        .expired(now_ms, EXPIRED_LIMIT)
+        .into_iter()
+        .map(|id| Op::LeaseRevoke(LeaseRevokeRequest { id }))
+        .collect();
+    let due = sm.lessor.checkpoints_due(now_ms, DEFAULT_CHECKPOINT_INTERVAL_MS, CHECKPOINT_LIMIT);
+    if !due.is_empty() {
+        let checkpoints =
+            due.into_iter().map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect();
+        ops.push(Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }));
+    }
+    ops
+}
+
+/// A keep-alive of lease `id` at `now_ms`: renewed only by the leader. A lessor still promoted
+/// on a member that has just stepped down (it demotes on its next tick) must not renew: the new
+/// leader would never hear of it. Shared by the node task and the simulator.
+pub fn renew_lease(
+    node: &RawNode<MemStorage>,
+    sm: &mut StateMachine,
+    id: i64,
+    now_ms: u64,
+) -> Result<i64, LeaseError> {
+    if node.role() != StateRole::Leader {
+        if sm.lessor.is_leader() {
+            sm.lessor.demote();
+        }
+        return Err(LeaseError::NotLeader);
+    }
+    sm.lessor.renew(id, now_ms)
 }

@@ -9,15 +9,44 @@
 //! Membership changes through Raft happen under the same faults, at a rate drawn per seed: a
 //! voter is removed (and stops), a fresh member (a new id, an empty disk) joins as a voter or as
 //! a learner that is later promoted. Node ids are small integers, never reused.
+//!
+//! Three more workloads run under the same faults, each on for some seeds only (drawn from a
+//! stream of their own, so seeds without them run as before):
+//!
+//! * multi-key clients: txns over four keys (a compare on one key's value, mod revision or
+//!   existence; puts, some on leases, deletes and ranges in either branch), puts, range deletes,
+//!   linearizable ranges, and compactions;
+//! * lease clients: grants with TTLs of 1–5 s, keys attached, keep-alives (to any member; a
+//!   follower forwards to the leader it knows, as the server does) for a while, then expiry;
+//!   some revoked. Each member's clock is its ticks (`TICK_MS` each, so drift and steps move
+//!   it); on each tick the simulator drives the lessor with `runtime::ready::drive_leases`, as
+//!   the node task does, and asserts that a leader proposes a lease's expiry only once the TTL
+//!   has run in its own clock since the last grant it applied or keep-alive it acknowledged, or
+//!   TTL plus the election timeout since it took over (the only promise etcd makes: clocks of
+//!   different members are unrelated);
+//! * watchers on members, through the real `WatchHub` driven as the node task drives it (events
+//!   of applied entries, catch-up, progress); when a member crashes or a client moves, the watch
+//!   is re-created elsewhere from the revision after the last one it saw.
+//!
+//! After the run, the committed log is replayed over a [`Model`] and every reply, every
+//! member's store and every watch stream is checked against it (see `model.rs`).
 
+use crate::model::Model;
+use crate::workload::{
+    check_kv_ops, check_store, check_watch, Checked, KvOp, KvOutput, KvRequest, WatchItem, WatchSession,
+    Workload,
+};
 use jepsen::checker::{check, CheckOptions, Operation, Register, RegisterInput, RegisterOutput, Verdict};
 use keel_core::pb::etcdserverpb::{
-    compare, request_op, Compare, Member, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, Member, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
 };
 use keel_core::pb::keelpb::request::Op;
+use keel_core::pb::keelpb::EntryType;
 use keel_core::pb::keelpb::{ConfChange, ConfChangeType, MessageType, Request};
 use keel_core::raft::{Config, Message, StateRole};
 use keel_core::state_machine::{Applied, WriteResponse};
+use prost::bytes::Bytes;
 use prost::Message as _;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -25,6 +54,7 @@ use runtime::backend::{Dir as _, SimBackend, SimDisk};
 use runtime::ready::{handle_ready, maybe_checkpoint};
 use runtime::recover::{recover, Identity, Recovered};
 use runtime::wal::WalOptions;
+use runtime::watch::{WatchHub, WatchSpec, WatchUpdate};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The knobs of one run, drawn from the seed (swarm testing: each seed its own fault mix).
@@ -78,6 +108,23 @@ pub struct ClusterSummary {
     pub learners_added: u32,
     pub learners_promoted: u32,
     pub changes_refused: u32,
+    /// Multi-key txns and ranges whose replies matched the model of the committed log.
+    pub txns_ok: usize,
+    pub ranges_ok: usize,
+    /// Leases granted, expired (revoked by a leader's expiry) and revoked by clients, as applied;
+    /// keep-alives acknowledged.
+    pub leases_granted: u32,
+    pub leases_expired: u32,
+    pub leases_revoked: u32,
+    pub keepalives_acked: u32,
+    /// Watch events checked against the committed history; watches resumed from the revision
+    /// after the last one seen (after a crash of their member, or a move); watches canceled as
+    /// compacted.
+    pub watch_events_checked: usize,
+    pub watches_resumed: u32,
+    pub watches_compacted: u32,
+    /// Workloads this seed ran: kv clients, lease clients, watchers.
+    pub workload: (usize, usize, usize),
 }
 
 const KEY: &[u8] = b"r";
@@ -92,7 +139,68 @@ struct SimNode {
     reads: HashMap<u64, (usize, usize)>,
     /// Reads whose read point is known: (index, client, op).
     ready_reads: Vec<(u64, usize, usize)>,
+    /// The same for the kv workload's ops (by index in `Cluster::kv_ops`).
+    kv_writes: BTreeMap<u64, usize>,
+    kv_reads: BTreeMap<u64, usize>,
+    kv_ready_reads: Vec<(u64, usize)>,
+    /// The member's watchers, driven as the node task drives them.
+    hub: WatchHub,
+    /// Ticks since this incarnation started: its monotonic clock is `ticks * TICK_MS`.
+    ticks: u64,
+    last_lease_poll_ms: u64,
+    /// Which start of the member this is (a watcher on an earlier one lost its stream).
+    incarnation: u64,
+    /// While this member's lessor is the leader's: when it took over, and per lease the
+    /// earliest time it may expire it (TTL after a grant it applied or a keep-alive it
+    /// acknowledged, in its own clock).
+    tenure: Option<Tenure>,
 }
+
+/// A simulated tick is this many milliseconds of a member's clock (etcd's default heartbeat):
+/// with `election_ticks` 10 the election timeout is 1 s, etcd's minimum lease TTL 2 s.
+const TICK_MS: u64 = 100;
+const ELECTION_TIMEOUT_MS: u64 = 10 * TICK_MS;
+
+struct Tenure {
+    since_ms: u64,
+    floors: BTreeMap<i64, u64>,
+}
+
+/// A lease of the lease workload.
+struct SimLease {
+    id: i64,
+    /// Keep-alives are sent until this step (0: never), every `every` steps.
+    keepalive_until: u64,
+    every: u64,
+    last_keepalive: u64,
+}
+
+/// A watcher: its range, the member it is on now, and everything it has received.
+struct WatchClient {
+    key: Bytes,
+    range_end: Bytes,
+    prev_kv: bool,
+    /// The session (in `Cluster::sessions`) and stream it is reading, if connected.
+    active: Option<ActiveWatch>,
+    /// The revision to resume from: one past the last event or progress seen; 0 for "from now"
+    /// (a fresh watcher, or one whose history was compacted away).
+    resume_from: i64,
+    /// Sessions opened so far: a later one resumes.
+    opened: u32,
+    /// A client that went away reconnects at this step (meanwhile its history may be compacted).
+    away_until: u64,
+}
+
+struct ActiveWatch {
+    session: usize,
+    node: u64,
+    incarnation: u64,
+    stream: u64,
+    rx: tokio::sync::mpsc::Receiver<WatchUpdate>,
+}
+
+/// The multi-key workload's keys (a watcher on `k`..`l` sees them all).
+const KV_KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
 
 enum ClientState {
     Idle,
@@ -137,9 +245,25 @@ pub struct Cluster {
     next_id: u64,
     /// Invariants: the leader of each term; the entry applied at each index.
     leaders: BTreeMap<u64, u64>,
-    applied: BTreeMap<u64, (u64, Vec<u8>)>,
+    applied: BTreeMap<u64, (u64, i32, Vec<u8>)>,
     pub summary: ClusterSummary,
     seed: u64,
+    /// The new workloads draw from their own stream, so a seed that runs none of them runs
+    /// exactly as before they existed.
+    work_rng: SmallRng,
+    pub workload: Workload,
+    kv_clients: Vec<ClientState>,
+    pub kv_ops: Vec<KvOp>,
+    leases: Vec<SimLease>,
+    lease_ttls: crate::workload::LeaseTtls,
+    next_lease: i64,
+    /// Request ids of the revokes leaders proposed for expired leases.
+    expiry_revokes: BTreeSet<u64>,
+    watchers: Vec<WatchClient>,
+    pub sessions: Vec<WatchSession>,
+    incarnations: u64,
+    /// Values and mod revisions the kv clients have seen, for their compares.
+    kv_seen: Vec<(Bytes, Bytes, i64)>,
 }
 
 /// A member's record as a conf change carries it. It has a name, so it counts as started for
@@ -207,6 +331,14 @@ impl Cluster {
             3..6 => member_rng.random_range(1..5),
             _ => member_rng.random_range(5..30),
         };
+        let mut work_rng = SmallRng::seed_from_u64(seed ^ 0x776f_726b_6c6f_6164);
+        let workload = Workload {
+            kv_clients: [0, 1, 2, 3][work_rng.random_range(0..4)],
+            lease_clients: [0, 1, 1][work_rng.random_range(0..3)],
+            watchers: [0, 1, 2, 3][work_rng.random_range(0..4)],
+            watch_read_pct: [100, 30, 2][work_rng.random_range(0..3)],
+            compact_per_mille: [0, 0, 5, 30][work_rng.random_range(0..4)],
+        };
         let mut c = Cluster {
             paused_until: (1..=n).map(|id| (id, 0)).collect(),
             rng,
@@ -230,8 +362,44 @@ impl Cluster {
             next_id: 1,
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
-            summary: ClusterSummary { trace_digest: 0xcbf29ce484222325, ..Default::default() },
+            summary: ClusterSummary {
+                trace_digest: 0xcbf29ce484222325,
+                workload: (workload.kv_clients, workload.lease_clients, workload.watchers),
+                ..Default::default()
+            },
             seed,
+            kv_clients: (0..workload.kv_clients + workload.lease_clients)
+                .map(|_| ClientState::Idle)
+                .collect(),
+            watchers: (0..workload.watchers)
+                .map(|_| {
+                    let (key, range_end) = match work_rng.random_range(0..3) {
+                        0 => ("k", "l"),
+                        1 => ("k1", ""),
+                        _ => ("k1", "k3"),
+                    };
+                    WatchClient {
+                        key: Bytes::from(key),
+                        range_end: Bytes::from(range_end),
+                        prev_kv: work_rng.random_bool(0.5),
+                        active: None,
+                        // From the first revision (the whole history), or from now.
+                        resume_from: work_rng.random_range(0..2),
+                        opened: 0,
+                        away_until: 0,
+                    }
+                })
+                .collect(),
+            work_rng,
+            workload,
+            kv_ops: Vec::new(),
+            leases: Vec::new(),
+            lease_ttls: Default::default(),
+            next_lease: 1,
+            expiry_revokes: BTreeSet::new(),
+            sessions: Vec::new(),
+            incarnations: 0,
+            kv_seen: Vec::new(),
         };
         for id in 1..=n {
             c.start(id);
@@ -276,8 +444,17 @@ impl Cluster {
                 writes: HashMap::new(),
                 reads: HashMap::new(),
                 ready_reads: Vec::new(),
+                kv_writes: BTreeMap::new(),
+                kv_reads: BTreeMap::new(),
+                kv_ready_reads: Vec::new(),
+                hub: WatchHub::new(),
+                ticks: 0,
+                last_lease_poll_ms: 0,
+                incarnation: self.incarnations,
+                tenure: None,
             }),
         );
+        self.incarnations += 1;
     }
 
     fn crash(&mut self, id: u64) {
@@ -341,6 +518,45 @@ impl Cluster {
             n.reads.into_iter().chain(n.ready_reads.into_iter().map(|(_, c, o)| (0, (c, o))))
         {
             self.give_up(client, op);
+        }
+        for op in n
+            .kv_writes
+            .into_values()
+            .chain(n.kv_reads.into_values())
+            .chain(n.kv_ready_reads.into_iter().map(|(_, o)| o))
+        {
+            self.kv_give_up(op);
+        }
+    }
+
+    /// A kv client stops waiting: the op's outcome is unknown (a read simply did not happen).
+    fn kv_give_up(&mut self, op: usize) {
+        let client = self.kv_ops[op].client;
+        if let ClientState::Waiting { op: waiting, .. } = self.kv_clients[client] {
+            if waiting == op {
+                self.kv_clients[client] = ClientState::Idle;
+            }
+        }
+    }
+
+    fn kv_finish(&mut self, op: usize, output: KvOutput) {
+        let client = self.kv_ops[op].client;
+        if let ClientState::Waiting { op: waiting, .. } = self.kv_clients[client] {
+            if waiting == op {
+                self.kv_clients[client] = ClientState::Idle;
+                let rev = match &output {
+                    KvOutput::Read(r) => r.header.as_ref().map_or(0, |h| h.revision),
+                    KvOutput::Write(w) => w.as_ref().map_or(-1, |w| w.revision()),
+                };
+                digest(&mut self.summary.trace_digest, rev as u64 ^ (op as u64) << 32);
+                self.remember(&output);
+                if let (KvRequest::Write(Op::LeaseGrant(g)), KvOutput::Write(Ok(_))) =
+                    (&self.kv_ops[op].request, &output)
+                {
+                    self.lease_granted(g.id);
+                }
+                self.kv_ops[op].ret = Some((self.now, output));
+            }
         }
     }
 
@@ -464,17 +680,25 @@ impl Cluster {
         if self.paused(id) {
             return;
         }
+        if let Some(Some(n)) = self.nodes.get_mut(&id) {
+            // Watchers that fell behind catch up as their clients read (as on every node loop).
+            if n.hub.has_unsynced() {
+                let rev = n.sm.store.revision();
+                n.hub.catch_up(&n.sm.store, header(rev));
+            }
+        }
         for _ in 0..16 {
             let Some(Some(n)) = self.nodes.get_mut(&id) else { return };
             if !n.node.has_ready() {
                 break;
             }
             let mut out = Vec::new();
-            let outcome =
-                handle_ready(&mut n.node, &mut n.storage, &mut n.sm, self.now, &mut |m| out.push(m))
-                    .unwrap_or_else(|e| panic!("seed {}: storage of node {id} failed: {e}", self.seed));
+            let now_ms = n.ticks * TICK_MS;
+            let outcome = handle_ready(&mut n.node, &mut n.storage, &mut n.sm, now_ms, &mut |m| out.push(m))
+                .unwrap_or_else(|e| panic!("seed {}: storage of node {id} failed: {e}", self.seed));
             let (term, role) = (n.node.term(), n.node.role());
             let mut finished = Vec::new();
+            let mut kv_finished = Vec::new();
             let mut joined = Vec::new();
             let mut left = Vec::new();
             if outcome.installed.is_some() {
@@ -482,14 +706,17 @@ impl Cluster {
                 // Writes proposed here may have been applied inside the snapshot, unseen: their
                 // outcome is unknown.
                 finished.extend(n.writes.drain().map(|(_, (client, op))| (client, op, None)));
+                kv_finished.extend(std::mem::take(&mut n.kv_writes).into_values().map(|op| (op, None)));
+                // The store was replaced: live events no longer follow on from what was sent.
+                n.hub.desync_all();
             }
             for (index, effect) in &outcome.applied {
                 let entry = n.node.entries(*index, index + 1);
                 if let Some(e) = entry.first() {
-                    let prev = self.applied.entry(*index).or_insert((e.term, e.data.to_vec()));
+                    let prev = self.applied.entry(*index).or_insert((e.term, e.entry_type, e.data.to_vec()));
                     assert_eq!(
                         *prev,
-                        (e.term, e.data.to_vec()),
+                        (e.term, e.entry_type, e.data.to_vec()),
                         "seed {}: state machine safety: node {id} applied a different entry at {index}",
                         self.seed
                     );
@@ -517,7 +744,18 @@ impl Cluster {
                         _ => {}
                     }
                 }
-                if let Applied::Write { request_id, result, .. } = effect {
+                if let Applied::Write { request_id, result, events } = effect {
+                    if let Some(kv) = events.first().and_then(|e| e.kv.as_ref()) {
+                        n.hub.notify(events, header(kv.mod_revision));
+                    }
+                    if let (Ok(WriteResponse::LeaseGrant(g)), true) = (result, n.sm.lessor.is_leader()) {
+                        // The leader's lessor starts a granted lease's clock when it applies it.
+                        let t = n.tenure.as_mut().expect("a leader's lessor has a tenure");
+                        t.floors.insert(g.id, now_ms + g.ttl as u64 * 1000);
+                    }
+                    if let Some(op) = n.kv_writes.remove(request_id) {
+                        kv_finished.push((op, Some(result.clone())));
+                    }
                     if let Some((client, op)) = n.writes.remove(request_id) {
                         let output = match result {
                             Ok(WriteResponse::Put(_)) => Some(RegisterOutput::Write),
@@ -533,8 +771,22 @@ impl Cluster {
                 if let Some((client, op)) = n.reads.remove(&ctx) {
                     n.ready_reads.push((rs.index, client, op));
                 }
+                if let Some(op) = n.kv_reads.remove(&ctx) {
+                    n.kv_ready_reads.push((rs.index, op));
+                }
             }
             let applied = n.sm.applied_index();
+            let mut kv_served = Vec::new();
+            let kv_ops = &self.kv_ops;
+            let store = &n.sm.store;
+            n.kv_ready_reads.retain(|&(index, op)| {
+                if index > applied {
+                    return true;
+                }
+                let KvRequest::Read(req) = &kv_ops[op].request else { unreachable!("a read") };
+                kv_served.push((op, store.range(req).expect("a read at the current revision")));
+                false
+            });
             let mut served = Vec::new();
             n.ready_reads.retain(|(index, client, op)| {
                 if *index <= applied {
@@ -577,6 +829,15 @@ impl Cluster {
             }
             for (client, op) in served {
                 self.finish(client, op, RegisterOutput::Read(value));
+            }
+            for (op, result) in kv_finished {
+                match result {
+                    Some(r) => self.kv_finish(op, KvOutput::Write(r)),
+                    None => self.kv_give_up(op),
+                }
+            }
+            for (op, resp) in kv_served {
+                self.kv_finish(op, KvOutput::Read(resp));
             }
             for member in joined {
                 self.add(member);
@@ -699,9 +960,7 @@ impl Cluster {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for &id in &ids {
             if self.now.is_multiple_of(self.faults.tick_every[&id]) && !self.paused(id) {
-                if let Some(Some(n)) = self.nodes.get_mut(&id) {
-                    n.node.tick();
-                }
+                self.tick(id);
             }
         }
         self.deliver_due();
@@ -715,9 +974,9 @@ impl Cluster {
             if self.rng.random_range(0..1000) < self.faults.clock_step_per_mille {
                 let id = ids[self.rng.random_range(0..ids.len())];
                 let ticks = self.rng.random_range(1..=20);
-                if let Some(Some(n)) = self.nodes.get_mut(&id) {
+                if let Some(Some(_)) = self.nodes.get(&id) {
                     for _ in 0..ticks {
-                        n.node.tick();
+                        self.tick(id);
                     }
                     self.summary.clock_steps += 1;
                 }
@@ -778,6 +1037,27 @@ impl Cluster {
                 }
             }
         }
+        for client in 0..self.kv_clients.len() {
+            match self.kv_clients[client] {
+                ClientState::Idle => {
+                    if faults && self.work_rng.random_range(0..100) < 30 {
+                        self.issue_kv(client);
+                    }
+                }
+                ClientState::Waiting { op, node, deadline } => {
+                    if self.now > deadline {
+                        if let Some(Some(n)) = self.nodes.get_mut(&node) {
+                            n.kv_writes.retain(|_, o| *o != op);
+                            n.kv_reads.retain(|_, o| *o != op);
+                            n.kv_ready_reads.retain(|(_, o)| *o != op);
+                        }
+                        self.kv_give_up(op);
+                    }
+                }
+            }
+        }
+        self.keepalives();
+        self.drive_watchers(faults);
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.process(id);
@@ -817,6 +1097,7 @@ impl Cluster {
             }
         }
         assert!(committed, "seed {}: liveness: no operation completed after the faults healed", self.seed);
+        self.check_workloads();
         self.history.retain(|o| o.call != u64::MAX);
         self.summary.ops_unknown = self.history.iter().filter(|o| o.ret.is_none()).count();
         let result = check::<Register>(&self.history, &CheckOptions::default());
@@ -853,5 +1134,577 @@ impl Cluster {
         );
         self.summary.check_unknown = result.verdict == Verdict::Unknown;
         self.summary
+    }
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader { revision, ..Default::default() }
+}
+
+/// The new workloads: multi-key txns and ranges, leases, watchers.
+impl Cluster {
+    fn up_nodes(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(id, n)| n.is_some() && !self.paused(**id)).map(|(id, _)| *id).collect()
+    }
+
+    /// One tick of member `id`'s clock, and what the node task does on a tick: the leader's side
+    /// of leases (proposing revokes for expired ones) and progress notifications.
+    fn tick(&mut self, id: u64) {
+        let Some(Some(n)) = self.nodes.get_mut(&id) else { return };
+        n.node.tick();
+        n.ticks += 1;
+        let now = n.ticks * TICK_MS;
+        let was_leader = n.sm.lessor.is_leader();
+        let ops = runtime::ready::drive_leases(
+            &n.node,
+            &mut n.sm,
+            now,
+            ELECTION_TIMEOUT_MS,
+            &mut n.last_lease_poll_ms,
+        );
+        if !n.sm.lessor.is_leader() {
+            n.tenure = None;
+        } else if !was_leader || n.tenure.is_none() {
+            n.tenure = Some(Tenure { since_ms: now, floors: BTreeMap::new() });
+        }
+        for op in ops {
+            if let Op::LeaseRevoke(r) = &op {
+                // What a leader's expiry really promises, in its own clock (clocks of different
+                // members are unrelated, and a deposed leader that has not noticed yet may still
+                // acknowledge keep-alives the new leader never sees): a lease runs its TTL from
+                // the last grant this member applied or keep-alive it acknowledged while leading
+                // (a keep-alive may shorten the lease: it runs from now), or, failing both, its
+                // TTL plus the election timeout from the takeover.
+                let ttl_ms = self.lease_ttls[&r.id] as u64 * 1000;
+                let t = n.tenure.as_ref().expect("a leader's lessor has a tenure");
+                let (due, since) = match t.floors.get(&r.id) {
+                    Some(&floor) => (floor, "its last grant or keep-alive here"),
+                    None => (t.since_ms + ELECTION_TIMEOUT_MS + ttl_ms, "the takeover"),
+                };
+                assert!(
+                    now >= due,
+                    "SIM_SEED={}: node {id} expired lease {} at {now} ms, before {due} ms (TTL after {since})",
+                    self.seed,
+                    r.id
+                );
+            }
+            let request_id = (1 << 62) | self.next_id;
+            self.next_id += 1;
+            if matches!(op, Op::LeaseRevoke(_)) {
+                self.expiry_revokes.insert(request_id);
+            }
+            let _ = n.node.propose(Request { id: request_id, op: Some(op) }.encode_to_vec().into());
+        }
+        if n.ticks.is_multiple_of(10) {
+            let rev = n.sm.store.revision();
+            n.hub.progress_tick(2, header(rev));
+        }
+    }
+
+    fn kv_key(&mut self) -> Bytes {
+        Bytes::from(KV_KEYS[self.work_rng.random_range(0..KV_KEYS.len())])
+    }
+
+    /// A lease for a put: mostly none; otherwise one of the last few granted (perhaps revoked or
+    /// expired by now: the put then fails, whole).
+    fn kv_lease(&mut self) -> i64 {
+        if self.lease_ttls.is_empty() || self.work_rng.random_bool(0.7) {
+            return 0;
+        }
+        let recent: Vec<i64> = self.lease_ttls.keys().rev().take(4).copied().collect();
+        recent[self.work_rng.random_range(0..recent.len())]
+    }
+
+    fn kv_put(&mut self, key: Bytes, lease: i64) -> PutRequest {
+        let value = Bytes::from(format!("v{}", self.kv_ops.len()));
+        PutRequest { key, value, lease, ..Default::default() }
+    }
+
+    /// The ops of one txn branch: puts, deletes and ranges over distinct keys (etcd refuses a
+    /// branch that writes a key twice), sometimes a range over all of them.
+    fn branch(&mut self, max_ops: usize) -> Vec<RequestOp> {
+        let mut keys: Vec<&str> = KV_KEYS.to_vec();
+        for i in (1..keys.len()).rev() {
+            keys.swap(i, self.work_rng.random_range(0..=i));
+        }
+        let n = self.work_rng.random_range(0..=max_ops);
+        let mut ops = Vec::new();
+        for key in keys.into_iter().take(n) {
+            let key = Bytes::from(key);
+            let request = match self.work_rng.random_range(0..10) {
+                0..6 => {
+                    let lease = self.kv_lease();
+                    request_op::Request::RequestPut(self.kv_put(key, lease))
+                }
+                6..8 => {
+                    request_op::Request::RequestDeleteRange(DeleteRangeRequest { key, ..Default::default() })
+                }
+                _ => request_op::Request::RequestRange(RangeRequest { key, ..Default::default() }),
+            };
+            ops.push(RequestOp { request: Some(request) });
+        }
+        if self.work_rng.random_bool(0.3) {
+            let all =
+                RangeRequest { key: Bytes::from("k"), range_end: Bytes::from("l"), ..Default::default() };
+            ops.push(RequestOp { request: Some(request_op::Request::RequestRange(all)) });
+        }
+        ops
+    }
+
+    /// A compare on one key: its value or mod revision against one seen, or its existence.
+    fn kv_compare(&mut self) -> Compare {
+        let key = self.kv_key();
+        let seen: Vec<(Bytes, i64)> =
+            self.kv_seen.iter().filter(|(k, ..)| *k == key).map(|(_, v, r)| (v.clone(), *r)).collect();
+        let (value, mod_rev) = match seen.len() {
+            0 => (Bytes::from("v0"), 1),
+            n => seen[self.work_rng.random_range(0..n)].clone(),
+        };
+        let (target, result, union) = match self.work_rng.random_range(0..5) {
+            0 | 1 => (
+                compare::CompareTarget::Value,
+                compare::CompareResult::Equal,
+                compare::TargetUnion::Value(value),
+            ),
+            2 => {
+                let result = [
+                    compare::CompareResult::Equal,
+                    compare::CompareResult::Less,
+                    compare::CompareResult::Greater,
+                ][self.work_rng.random_range(0..3)];
+                (compare::CompareTarget::Mod, result, compare::TargetUnion::ModRevision(mod_rev))
+            }
+            3 => (
+                compare::CompareTarget::Version,
+                compare::CompareResult::Equal,
+                compare::TargetUnion::Version(0),
+            ),
+            _ => (
+                compare::CompareTarget::Version,
+                compare::CompareResult::Greater,
+                compare::TargetUnion::Version(0),
+            ),
+        };
+        Compare {
+            result: result as i32,
+            target: target as i32,
+            key,
+            target_union: Some(union),
+            range_end: Bytes::new(),
+        }
+    }
+
+    fn kv_request(&mut self, node_id: u64) -> KvRequest {
+        if self.work_rng.random_range(0..1000) < self.workload.compact_per_mille {
+            let current = self.nodes[&node_id].as_ref().expect("up").sm.store.revision();
+            let revision = (current - self.work_rng.random_range(0..40)).max(1);
+            let physical = self.work_rng.random_bool(0.5);
+            return KvRequest::Write(Op::Compaction(CompactionRequest { revision, physical }));
+        }
+        match self.work_rng.random_range(0..10) {
+            0..4 => {
+                let compare = vec![self.kv_compare()];
+                let success = self.branch(3);
+                let failure = self.branch(2);
+                KvRequest::Write(Op::Txn(TxnRequest { compare, success, failure }))
+            }
+            4..6 => {
+                let (key, lease) = (self.kv_key(), self.kv_lease());
+                KvRequest::Write(Op::Put(self.kv_put(key, lease)))
+            }
+            6 => {
+                let (a, b) = (self.kv_key(), self.kv_key());
+                let (key, range_end) = if a <= b { (a, b) } else { (b, a) };
+                KvRequest::Write(Op::DeleteRange(DeleteRangeRequest { key, range_end, ..Default::default() }))
+            }
+            7 => KvRequest::Read(RangeRequest { key: self.kv_key(), ..Default::default() }),
+            _ => KvRequest::Read(RangeRequest {
+                key: Bytes::from("k"),
+                range_end: Bytes::from("l"),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// A lease client's next request: grant (short TTLs), attach a key, revoke, or read.
+    fn lease_request(&mut self) -> KvRequest {
+        let live: Vec<i64> = self.leases.iter().map(|l| l.id).collect();
+        match self.work_rng.random_range(0..10) {
+            0..4 if live.len() < 3 => {
+                let id = self.next_lease;
+                self.next_lease += 1;
+                let ttl = self.work_rng.random_range(1..=5);
+                self.lease_ttls.insert(id, ttl.max(keel_core::lease::DEFAULT_MIN_TTL_SECS));
+                KvRequest::Write(Op::LeaseGrant(LeaseGrantRequest { id, ttl }))
+            }
+            0..8 if !live.is_empty() => {
+                let lease = live[self.work_rng.random_range(0..live.len())];
+                let key = self.kv_key();
+                KvRequest::Write(Op::Put(self.kv_put(key, lease)))
+            }
+            8 if !live.is_empty() => {
+                let i = self.work_rng.random_range(0..live.len());
+                self.leases.remove(i);
+                KvRequest::Write(Op::LeaseRevoke(LeaseRevokeRequest { id: live[i] }))
+            }
+            _ => KvRequest::Read(RangeRequest {
+                key: Bytes::from("k"),
+                range_end: Bytes::from("l"),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn issue_kv(&mut self, client: usize) {
+        let up = self.up_nodes();
+        if up.is_empty() {
+            return;
+        }
+        let node_id = up[self.work_rng.random_range(0..up.len())];
+        let request =
+            if client < self.workload.kv_clients { self.kv_request(node_id) } else { self.lease_request() };
+        let id = self.next_id;
+        self.next_id += 1;
+        let op = self.kv_ops.len();
+        self.kv_ops.push(KvOp {
+            client,
+            id,
+            request: request.clone(),
+            call: self.now,
+            ret: None,
+            refused: false,
+        });
+        let n = self.nodes.get_mut(&node_id).unwrap().as_mut().unwrap();
+        let accepted = match request {
+            KvRequest::Read(_) => {
+                let ok = n.node.read_index(id.to_be_bytes().to_vec().into()).is_ok();
+                if ok {
+                    n.kv_reads.insert(id, op);
+                }
+                ok
+            }
+            KvRequest::Write(w) => {
+                let ok = n.node.propose(Request { id, op: Some(w) }.encode_to_vec().into()).is_ok();
+                if ok {
+                    n.kv_writes.insert(id, op);
+                }
+                ok
+            }
+        };
+        if accepted {
+            self.kv_clients[client] = ClientState::Waiting { op, node: node_id, deadline: self.now + 200 };
+        } else {
+            self.kv_ops[op].refused = true;
+        }
+    }
+
+    /// Keeps what a reply showed of the keys, for later compares.
+    fn remember(&mut self, output: &KvOutput) {
+        let kvs: Vec<&keel_core::pb::mvccpb::KeyValue> = match output {
+            KvOutput::Read(r) => r.kvs.iter().collect(),
+            KvOutput::Write(Ok(keel_core::state_machine::WriteResponse::Txn(t))) => t
+                .responses
+                .iter()
+                .filter_map(|r| match &r.response {
+                    Some(keel_core::pb::etcdserverpb::response_op::Response::ResponseRange(r)) => {
+                        Some(&r.kvs)
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for kv in kvs {
+            self.kv_seen.push((kv.key.clone(), kv.value.clone(), kv.mod_revision));
+        }
+        let excess = self.kv_seen.len().saturating_sub(16);
+        self.kv_seen.drain(..excess);
+    }
+
+    /// A grant was acknowledged: the client keeps the lease alive for a while (or not at all),
+    /// then lets it expire.
+    fn lease_granted(&mut self, id: i64) {
+        let keepalive_until =
+            if self.work_rng.random_bool(0.3) { 0 } else { self.now + self.work_rng.random_range(0..1500) };
+        let every = self.work_rng.random_range(3..15);
+        self.leases.push(SimLease { id, keepalive_until, every, last_keepalive: self.now });
+    }
+
+    /// Keep-alives due, each to a random member; a follower forwards it to the leader it knows
+    /// (as the server does). Acknowledged at once: keep-alives do not go through the log.
+    fn keepalives(&mut self) {
+        let mut gone = Vec::new();
+        for i in 0..self.leases.len() {
+            let (id, until, every, last) = {
+                let l = &self.leases[i];
+                (l.id, l.keepalive_until, l.every, l.last_keepalive)
+            };
+            if self.now >= until {
+                // Not kept alive any more: the client forgets it once it surely expired.
+                if self.now > until + 1000 {
+                    gone.push(id);
+                }
+                continue;
+            }
+            if self.now < last + every {
+                continue;
+            }
+            self.leases[i].last_keepalive = self.now;
+            let up = self.up_nodes();
+            if up.is_empty() {
+                continue;
+            }
+            let mut target = up[self.work_rng.random_range(0..up.len())];
+            for _hop in 0..2 {
+                if self.paused(target) {
+                    break;
+                }
+                let Some(Some(n)) = self.nodes.get_mut(&target) else { break };
+                let now = n.ticks * TICK_MS;
+                match runtime::ready::renew_lease(&n.node, &mut n.sm, id, now) {
+                    Ok(ttl) => {
+                        assert_eq!(
+                            n.node.role(),
+                            StateRole::Leader,
+                            "SIM_SEED={}: node {target} acknowledged a keep-alive of lease {id} while it knows it \
+                             is not the leader",
+                            self.seed
+                        );
+                        assert_eq!(
+                            ttl, self.lease_ttls[&id],
+                            "SIM_SEED={}: lease {id} renewed with another TTL",
+                            self.seed
+                        );
+                        let t = n.tenure.as_mut().expect("a leader's lessor has a tenure");
+                        t.floors.insert(id, now + ttl as u64 * 1000);
+                        self.summary.keepalives_acked += 1;
+                        digest(&mut self.summary.trace_digest, 0x6b61 ^ (id as u64) << 16 ^ target);
+                        break;
+                    }
+                    Err(keel_core::lease::LeaseError::NotLeader) => {
+                        let leader = n.node.leader();
+                        if leader == 0 || !self.connected(target, leader) {
+                            break;
+                        }
+                        target = leader;
+                    }
+                    Err(_) => {
+                        // Not found (revoked, expired) or expired with its revoke pending.
+                        gone.push(id);
+                        break;
+                    }
+                }
+            }
+        }
+        self.leases.retain(|l| !gone.contains(&l.id));
+    }
+
+    /// Watchers: reconnect (resuming from the revision after the last one seen) when their
+    /// member went away, read their streams (some slowly), sometimes ask for progress or move to
+    /// another member.
+    fn drive_watchers(&mut self, faults: bool) {
+        for w in 0..self.watchers.len() {
+            if let Some(a) = &self.watchers[w].active {
+                let alive =
+                    matches!(self.nodes.get(&a.node), Some(Some(n)) if n.incarnation == a.incarnation);
+                if !alive {
+                    self.drain_watch(w);
+                    self.watchers[w].active = None;
+                }
+            }
+            let Some(a) = &self.watchers[w].active else {
+                let up = self.up_nodes();
+                if !up.is_empty() && (!faults || self.now >= self.watchers[w].away_until) {
+                    let node = up[self.work_rng.random_range(0..up.len())];
+                    self.open_watch(w, node);
+                }
+                continue;
+            };
+            let (node, stream) = (a.node, a.stream);
+            if !faults || self.work_rng.random_range(0..100) < self.workload.watch_read_pct {
+                self.drain_watch(w);
+            }
+            if faults && self.work_rng.random_range(0..1000) < 3 {
+                // The client moves to another member (a reconnect), resuming where it was; some
+                // go away for a while first.
+                self.drain_watch(w);
+                if let Some(Some(n)) = self.nodes.get_mut(&node) {
+                    n.hub.close_stream(stream);
+                }
+                self.watchers[w].active = None;
+                if self.work_rng.random_bool(0.3) {
+                    self.watchers[w].away_until = self.now + self.work_rng.random_range(0..600);
+                }
+            } else if self.work_rng.random_range(0..100) < 2 && !self.paused(node) {
+                if let Some(Some(n)) = self.nodes.get_mut(&node) {
+                    let rev = n.sm.store.revision();
+                    n.hub.progress(stream, header(rev));
+                }
+            }
+        }
+    }
+
+    fn open_watch(&mut self, w: usize, node: u64) {
+        let wc = &self.watchers[w];
+        let start = wc.resume_from;
+        let spec = WatchSpec {
+            key: wc.key.clone(),
+            range_end: wc.range_end.clone(),
+            start_revision: start,
+            prev_kv: wc.prev_kv,
+            progress_notify: true,
+            ..Default::default()
+        };
+        let session = WatchSession {
+            node,
+            key: wc.key.clone(),
+            range_end: wc.range_end.clone(),
+            prev_kv: wc.prev_kv,
+            start,
+            items: Vec::new(),
+        };
+        if wc.opened > 0 && start > 0 {
+            self.summary.watches_resumed += 1;
+        }
+        self.watchers[w].opened += 1;
+        let n = self.nodes.get_mut(&node).unwrap().as_mut().unwrap();
+        let (stream, rx) = n.hub.open_stream();
+        n.hub.create(stream, 0, spec, &n.sm.store, header(n.sm.store.revision()));
+        let incarnation = n.incarnation;
+        self.watchers[w].active =
+            Some(ActiveWatch { session: self.sessions.len(), node, incarnation, stream, rx });
+        self.sessions.push(session);
+        digest(&mut self.summary.trace_digest, 0x3a7c ^ node << 8 ^ (start as u64) << 16);
+    }
+
+    /// Reads everything queued on the watcher's stream.
+    fn drain_watch(&mut self, w: usize) {
+        let wc = &mut self.watchers[w];
+        let Some(a) = wc.active.as_mut() else { return };
+        let session = &mut self.sessions[a.session];
+        let mut canceled = false;
+        while let Ok(u) = a.rx.try_recv() {
+            let item = match u {
+                WatchUpdate::Created { header, .. } => {
+                    if session.start == 0 {
+                        wc.resume_from = wc.resume_from.max(header.revision + 1);
+                    }
+                    WatchItem::Created(header.revision)
+                }
+                WatchUpdate::Events { header, events, .. } => {
+                    let last = events.last().map_or(header.revision, |e| e.kv.as_ref().unwrap().mod_revision);
+                    wc.resume_from = wc.resume_from.max(last + 1);
+                    WatchItem::Events(header.revision, events)
+                }
+                WatchUpdate::Progress { header } => {
+                    wc.resume_from = wc.resume_from.max(header.revision + 1);
+                    WatchItem::Progress(header.revision)
+                }
+                WatchUpdate::Canceled { compact_revision, reason, .. } => {
+                    canceled = true;
+                    WatchItem::Canceled { compact_revision, reason }
+                }
+            };
+            digest(&mut self.summary.trace_digest, 0x3a7d ^ session.items.len() as u64);
+            session.items.push(item);
+            if canceled {
+                break;
+            }
+        }
+        if canceled {
+            // Compacted away: the client closes the stream and starts over from now (after a
+            // fresh read, in real life).
+            let (node, stream) = (a.node, a.stream);
+            wc.resume_from = 0;
+            wc.active = None;
+            self.summary.watches_compacted += 1;
+            if let Some(Some(n)) = self.nodes.get_mut(&node) {
+                n.hub.close_stream(stream);
+            }
+        }
+    }
+
+    /// After the run: every watcher reads what its member owes it; the committed log is replayed
+    /// over the model; every reply, store and watch stream is checked against it.
+    fn check_workloads(&mut self) {
+        for _ in 0..20 {
+            for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+                if let Some(Some(n)) = self.nodes.get_mut(&id) {
+                    let rev = n.sm.store.revision();
+                    n.hub.catch_up(&n.sm.store, header(rev));
+                }
+            }
+            for w in 0..self.watchers.len() {
+                self.drain_watch(w);
+            }
+        }
+        let mut model = Model::new();
+        // Every index from 1 on was applied by some member (the first to apply it recorded it).
+        for (expected, (index, (_, entry_type, data))) in (1..).zip(&self.applied) {
+            assert_eq!(*index, expected, "SIM_SEED={}: no member applied entry {expected}", self.seed);
+            if *entry_type == EntryType::EntryNormal as i32 {
+                model.apply(data);
+            }
+        }
+        let mut checked = Checked::default();
+        check_kv_ops(self.seed, &model, &self.kv_ops, &mut checked);
+        let last_index = self.applied.keys().next_back().copied().unwrap_or(0);
+        for (id, n) in &self.nodes {
+            let Some(n) = n else { continue };
+            check_store(self.seed, *id, &model, &n.sm.store);
+            if n.sm.applied_index() == last_index {
+                // Every member that applied the whole log holds the model's leases and keys.
+                let got: BTreeMap<i64, BTreeSet<Bytes>> =
+                    n.sm.lessor
+                        .leases()
+                        .into_iter()
+                        .map(|l| {
+                            let keys = n.sm.lessor.time_to_live(l, 0).expect("a listed lease").keys;
+                            (l, keys.into_iter().collect())
+                        })
+                        .collect();
+                assert_eq!(
+                    &got,
+                    model.leases(),
+                    "SIM_SEED={}: node {id}'s leases differ from the model's",
+                    self.seed
+                );
+            }
+        }
+        for w in &self.watchers {
+            let Some(a) = &w.active else { continue };
+            let s = &self.sessions[a.session];
+            let next = check_watch(self.seed, &model, s, &mut checked);
+            // Everything the member has applied is owed to a watcher that kept reading.
+            let Some(Some(n)) = self.nodes.get(&a.node) else { continue };
+            let owed = model.event_revisions(next, n.sm.store.revision(), &s.key, &s.range_end);
+            assert!(
+                owed.is_empty(),
+                "SIM_SEED={}: a watcher on node {} never received revisions {owed:?}",
+                self.seed,
+                a.node
+            );
+        }
+        let active: BTreeSet<usize> =
+            self.watchers.iter().filter_map(|w| w.active.as_ref().map(|a| a.session)).collect();
+        for (i, s) in self.sessions.iter().enumerate() {
+            if !active.contains(&i) {
+                check_watch(self.seed, &model, s, &mut checked);
+            }
+        }
+        for (id, outcome) in &model.outcomes {
+            match outcome {
+                crate::model::Outcome::LeaseGrant => self.summary.leases_granted += 1,
+                crate::model::Outcome::LeaseRevoke { .. } if self.expiry_revokes.contains(id) => {
+                    self.summary.leases_expired += 1
+                }
+                crate::model::Outcome::LeaseRevoke { .. } => self.summary.leases_revoked += 1,
+                _ => {}
+            }
+        }
+        self.summary.txns_ok = checked.txns_ok;
+        self.summary.ranges_ok = checked.reads_ok;
+        self.summary.watch_events_checked = checked.watch_events;
     }
 }

@@ -1,12 +1,14 @@
 //! Deterministic simulation of Keel: the real core and the real `Ready` handling and WAL code,
 //! driven over a simulated disk from one seed.
 //!
-//! Today this is the single-node crash simulator: proposals, ticks, Ready handling and crashes
-//! (losing or tearing unsynced writes, flipping bits in them) interleaved by a seeded PRNG, with
-//! the invariant that no acknowledged write is ever lost checked after every recovery. Networks,
-//! partitions, clock skew and the linearizability checker come with issue #6, over the same
-//! `handle_ready`. Every run is a function of its seed: a failure prints the seed, and
-//! `KEEL_SIM_SEED=<seed>` replays it exactly.
+//! Two simulators. [`run_single_node`]: proposals, ticks, Ready handling and crashes (losing or
+//! tearing unsynced writes, flipping bits in them) interleaved by a seeded PRNG, with the
+//! invariant that no acknowledged write is ever lost checked after every recovery.
+//! [`cluster::Cluster`]: N members over a simulated network with partitions, pauses, clock
+//! drift and steps, crashes and membership changes; clients on a register (checked for
+//! linearizability), on multi-key txns and ranges, on leases, and watchers, the latter checked
+//! against a [`model`] of the committed log ([`workload`]). Every run is a function of its
+//! seed: a failure prints the seed, and `KEEL_SIM_SEED=<seed>` replays it exactly.
 
 use bytes_helpers::*;
 use keel_core::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
@@ -24,6 +26,8 @@ use runtime::wal::WalOptions;
 use std::collections::HashMap;
 
 pub mod cluster;
+pub mod model;
+pub mod workload;
 
 mod bytes_helpers {
     pub fn b(s: &str) -> prost::bytes::Bytes {
