@@ -232,7 +232,16 @@ pub fn check_watch(seed: u64, model: &Model, s: &WatchSession, checked: &mut Che
                         "{}",
                         ctx(&format!("revisions {missed:?} missed before {rev}"))
                     );
-                    let want = model.events_at(rev, &s.key, &s.range_end, s.prev_kv);
+                    let mut want = model.events_at(rev, &s.key, &s.range_end, s.prev_kv);
+                    // etcd reads a prev_kv at the revision before the event's, and sends none
+                    // when a compaction has removed that revision by then (so does Keel): a
+                    // missing prev_kv is owed only if no compaction reached the event's revision.
+                    let compacted_past = model.compactions().range(rev..).next().is_some();
+                    for (w, got) in want.iter_mut().zip(&evs[i..j]) {
+                        if compacted_past && got.prev_kv.is_none() {
+                            w.prev_kv = None;
+                        }
+                    }
                     assert_eq!(
                         &evs[i..j],
                         &want[..],
