@@ -41,9 +41,26 @@ fn start_with(m: &mut Member, cluster: &str, dir: &std::path::Path, extra: &[&st
     let log = dir.join(format!("{}-{}.log", m.name, Instant::now().elapsed().as_nanos()));
     let mut a = args(m, cluster, dir);
     a.extend(extra.iter().map(|x| x.to_string()));
+    LOGS.lock().unwrap_or_else(|e| e.into_inner()).push(log.clone());
     let mut p = Proc::spawn(&m.name, &common::keel_bin(), &a, &log);
     p.wait_listening(SocketAddr::from(([127, 0, 0, 1], m.client)), Duration::from_secs(30));
     m.proc = Some(p);
+}
+
+/// The log files of the members started by the running test (tests take one cluster at a time).
+static LOGS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The last lines of every member's log, for a failure's message: a member that cannot find a
+/// leader must say why.
+fn log_tails() -> String {
+    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = String::new();
+    for path in logs.iter() {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out += &format!("--- {}\n{}\n", path.display(), lines[lines.len().saturating_sub(40)..].join("\n"));
+    }
+    out
 }
 
 fn endpoint(m: &Member) -> String {
@@ -58,7 +75,7 @@ fn until_ok(bins: &jepsen::EtcdBins, ep: &str, cmd: &[&str]) -> String {
         if out.code == 0 {
             return out.stdout;
         }
-        assert!(Instant::now() < deadline, "{cmd:?} via {ep} never succeeded: {out:?}");
+        assert!(Instant::now() < deadline, "{cmd:?} via {ep} never succeeded: {out:?}\n{}", log_tails());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -85,7 +102,7 @@ fn leader(bins: &jepsen::EtcdBins, members: &[Member]) -> usize {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "no leader elected");
+        assert!(Instant::now() < deadline, "no leader elected\n{}", log_tails());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -95,7 +112,9 @@ fn leader(bins: &jepsen::EtcdBins, members: &[Member]) -> usize {
 /// elections (a follower once saw no leader for 30 s while another build ran).
 fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    LOGS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    guard
 }
 
 /// Three members started with `extra` flags, and the index of the one that leads.
