@@ -145,9 +145,18 @@ impl Model {
         }
         self.events
             .range(from..=to)
-            .filter(|(_, evs)| evs.iter().any(|e| in_range(&e.kv.as_ref().unwrap().key, key, end)))
+            .filter(|(r, evs)| {
+                evs.iter().any(|e| in_range(&e.kv.as_ref().unwrap().key, key, end) && !self.optional(**r, e))
+            })
             .map(|(r, _)| *r)
             .collect()
+    }
+
+    /// Whether a watcher may not get event `e` of revision `rev`: a compaction at exactly `rev`
+    /// keeps the revision readable but removes its tombstones (as etcd's does), so a watcher
+    /// that reads it from history after the compaction sees its puts and not its deletes.
+    pub fn optional(&self, rev: i64, e: &Event) -> bool {
+        e.r#type == EventType::Delete as i32 && self.compactions.contains(&rev)
     }
 
     /// Applies one committed normal entry's data (empty for a leader's empty entry).
