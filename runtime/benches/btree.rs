@@ -3,7 +3,8 @@
 //! `cargo bench -p runtime --bench btree`; `KEEL_BENCH_KEYS` (default 200000) sets the number
 //! of keys. Random 16-byte keys with 100-byte values are put in batches of 1000 per commit
 //! (each commit durable), then read back one at a time in another random order; then each file
-//! is reopened.
+//! is reopened. Then nine keys in ten are deleted and each file is shrunk: Keel with
+//! `Db::shrink_step` (256 pages a step) until done, redb with `Database::compact`.
 
 use redb::{ReadableDatabase, TableDefinition};
 use runtime::backend::FileBackend;
@@ -140,4 +141,69 @@ fn main() {
         "keel pages in use: {:.2} MiB (the file grows ahead in chunks)",
         k.used_bytes as f64 / 1048576.0
     );
+    let ks = keel_shrink(dir.path(), &keys);
+    let rs = redb_compact(dir.path(), &keys);
+    println!("after deleting 9 keys in 10 ({} left):", n.div_ceil(10));
+    row("file before shrink", ks.before as f64 / 1048576.0, rs.before as f64 / 1048576.0, "MiB");
+    row("file after shrink", ks.after as f64 / 1048576.0, rs.after as f64 / 1048576.0, "MiB");
+    row("shrink time", ks.took.as_secs_f64() * 1e3, rs.took.as_secs_f64() * 1e3, "ms");
+    println!("keel shrink: {} steps", ks.steps);
+}
+
+struct Shrunk {
+    before: u64,
+    after: u64,
+    took: Duration,
+    steps: usize,
+}
+
+/// The keys to delete: all but every tenth.
+fn doomed(keys: &[[u8; 16]]) -> impl Iterator<Item = &[u8; 16]> {
+    keys.iter().enumerate().filter(|(i, _)| i % 10 != 0).map(|(_, k)| k)
+}
+
+fn keel_shrink(dir: &Path, keys: &[[u8; 16]]) -> Shrunk {
+    let path = dir.join("keel.db");
+    let mut db = Db::open(FileBackend::open(&path).unwrap()).unwrap();
+    let doomed: Vec<_> = doomed(keys).collect();
+    for batch in doomed.chunks(BATCH) {
+        let mut tx = db.begin_write().unwrap();
+        for k in batch {
+            assert!(tx.delete(&k[..]).unwrap());
+        }
+        tx.commit().unwrap();
+    }
+    let before = std::fs::metadata(&path).unwrap().len();
+    let start = Instant::now();
+    let mut steps = 0;
+    while !db.shrink_step(256).unwrap().done {
+        steps += 1;
+    }
+    let took = start.elapsed();
+    db.check_invariants().unwrap();
+    Shrunk { before, after: std::fs::metadata(&path).unwrap().len(), took, steps: steps + 1 }
+}
+
+fn redb_compact(dir: &Path, keys: &[[u8; 16]]) -> Shrunk {
+    let path = dir.join("redb.db");
+    let mut db = redb::Database::create(&path).unwrap();
+    let doomed: Vec<_> = doomed(keys).collect();
+    for batch in doomed.chunks(BATCH) {
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(TABLE).unwrap();
+            for k in batch {
+                assert!(table.remove(&k[..]).unwrap().is_some());
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let before = std::fs::metadata(&path).unwrap().len();
+    let start = Instant::now();
+    let mut steps = 0;
+    while db.compact().unwrap() {
+        steps += 1;
+    }
+    let took = start.elapsed();
+    Shrunk { before, after: std::fs::metadata(&path).unwrap().len(), took, steps }
 }

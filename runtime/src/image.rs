@@ -15,7 +15,7 @@
 //! changed since the last one, and the state record. Keys are stored in key order, so a restart
 //! reads them in one pass and builds the in-memory index without sorting.
 
-use crate::btree::{Db, DbError, PageFile, MAX_KEY_BYTES};
+use crate::btree::{Db, DbError, PageFile, ShrinkProgress, MAX_KEY_BYTES};
 use bytes::Bytes;
 use keel_core::lease::LessorConfig;
 use keel_core::pb::keelpb::{ConfState, FullImage, KeyHistoryImage, KeyImage, SnapshotMetadata, StateImage};
@@ -213,6 +213,23 @@ impl<F: PageFile> Image<F> {
         self.lock().install(data, lease_config)
     }
 
+    /// Gives free space back to the file system: runs up to `steps` steps of
+    /// [`Db::shrink_step`], `pages_per_step` pages each, taking the lock for each step alone so
+    /// that saves go on between them. Returns the last step's progress (`done` when the file is
+    /// as short as it gets).
+    pub fn shrink(&self, steps: usize, pages_per_step: usize) -> Result<ShrinkProgress, ImageError> {
+        assert!(steps > 0);
+        let mut progress = None;
+        for _ in 0..steps {
+            let p = self.lock().db.shrink_step(pages_per_step)?;
+            progress = Some(p);
+            if p.done {
+                break;
+            }
+        }
+        Ok(progress.expect("at least one step"))
+    }
+
     /// Bytes the image file occupies.
     pub fn file_bytes(&self) -> u64 {
         self.lock().db.stats().file_bytes
@@ -381,9 +398,105 @@ impl<F: PageFile> Inner<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Dir as _, SimDisk};
-    use keel_core::pb::etcdserverpb::{PutRequest, RangeRequest};
+    use crate::backend::{Dir as _, SimBackend, SimDisk};
+    use keel_core::pb::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
     use keel_core::pb::keelpb::{request::Op, Entry, EntryType, Request};
+
+    fn apply(sm: &mut StateMachine, index: u64, op: Op) {
+        let data = Request { id: index, op: Some(op) }.encode_to_vec();
+        sm.apply(&Entry { index, term: 1, entry_type: 0, data: data.into() }, 0);
+    }
+
+    fn conf() -> ConfState {
+        ConfState { voters: vec![1], learners: vec![] }
+    }
+
+    /// An image of 1000 keys with 3000-byte values, of which nine in ten were then deleted
+    /// and compacted away (saved before and after): the state machine, its last index, and the
+    /// image's file.
+    fn mostly_deleted() -> (Image<SimBackend>, SimBackend, StateMachine, u64) {
+        let file = SimBackend::new("image");
+        let image = Image::open(file.clone()).unwrap();
+        let mut sm = StateMachine::default();
+        let mut index = 0;
+        for i in 0..1000u64 {
+            index += 1;
+            let key = Bytes::from(format!("key/{i:05}"));
+            let value = vec![i as u8; 3000].into();
+            apply(&mut sm, index, Op::Put(PutRequest { key, value, ..Default::default() }));
+        }
+        image.save(&mut sm, 1, conf()).unwrap();
+        for i in (0..1000u64).filter(|i| i % 10 != 0) {
+            index += 1;
+            let key = Bytes::from(format!("key/{i:05}"));
+            apply(&mut sm, index, Op::DeleteRange(DeleteRangeRequest { key, ..Default::default() }));
+        }
+        index += 1;
+        let revision = sm.store.revision();
+        apply(&mut sm, index, Op::Compaction(CompactionRequest { revision, ..Default::default() }));
+        image.save(&mut sm, 1, conf()).unwrap();
+        (image, file, sm, index)
+    }
+
+    /// Reopens the image file and checks it reads back `sm` as of `index`.
+    fn reads_back(file: SimBackend, sm: &StateMachine, index: u64) {
+        let image = Image::open(file).unwrap();
+        image.with_db(|db| db.check_invariants()).unwrap();
+        let loaded = image.load(LessorConfig::default()).unwrap().unwrap();
+        assert_eq!(loaded.meta.index, index);
+        assert_eq!(loaded.sm.store.revision(), sm.store.revision());
+        assert_eq!(loaded.sm.store.hash_kv(0).unwrap(), sm.store.hash_kv(0).unwrap(), "the same store");
+    }
+
+    #[test]
+    fn shrinking_after_deletes_and_compaction_gives_the_space_back_and_keeps_the_image() {
+        let (image, file, sm, index) = mostly_deleted();
+        let before = image.file_bytes();
+        // Bounded calls, as a caller that lets saves run between them would make.
+        let mut calls = 0;
+        while !image.shrink(2, 16).unwrap().done {
+            calls += 1;
+            assert!(calls < 1000);
+            image.with_db(|db| db.check_invariants()).unwrap();
+        }
+        let after = image.file_bytes();
+        assert!(after * 5 < before, "{before} -> {after} bytes");
+        let used = image.with_db(|db| db.stats().used_pages) * crate::btree::PAGE_BYTES as u64;
+        assert!(after <= used + 16 * crate::btree::PAGE_BYTES as u64, "{after} bytes, {used} in use");
+        drop(image);
+        reads_back(file, &sm, index);
+    }
+
+    #[test]
+    fn saves_go_on_between_shrink_steps() {
+        let (image, file, mut sm, mut index) = mostly_deleted();
+        let before = image.file_bytes();
+        let shrinker = {
+            let image = image.clone();
+            std::thread::spawn(move || {
+                let mut calls = 1;
+                while !image.shrink(1, 2).unwrap().done {
+                    calls += 1;
+                }
+                calls
+            })
+        };
+        for round in 0..40u64 {
+            for i in 0..5 {
+                index += 1;
+                let key = Bytes::from(format!("new/{round:03}/{i}"));
+                let value = vec![i as u8; 2000].into();
+                apply(&mut sm, index, Op::Put(PutRequest { key, value, ..Default::default() }));
+            }
+            image.save(&mut sm, 1, conf()).unwrap();
+        }
+        let calls = shrinker.join().unwrap();
+        eprintln!("{calls} shrink calls; {before} -> {} bytes", image.file_bytes());
+        assert!(calls > 1);
+        assert!(image.file_bytes() * 2 < before, "{before} -> {} bytes", image.file_bytes());
+        drop(image);
+        reads_back(file, &sm, index);
+    }
 
     /// A load reads the keys on one thread and builds the store on another, in batches: a
     /// store of several batches, with long keys (stored by hash) merged into the order,

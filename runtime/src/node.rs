@@ -4,7 +4,7 @@
 //! entry is applied (writes) or the applied index reaches their read point (reads).
 
 use crate::backend::Dir;
-use crate::btree::PageFile;
+use crate::btree::{PageFile, ShrinkProgress};
 use crate::ready::handle_ready;
 use crate::ready::{begin_checkpoint, finish_checkpoint, maybe_checkpoint, Storage};
 use crate::recover::Recovered;
@@ -254,7 +254,21 @@ pub struct NodeHandle {
     /// The image's pages in use, in bytes, as of the last save: read on every write that
     /// checks the quota, so it is kept here rather than asked of the node task.
     db_in_use: Arc<std::sync::atomic::AtomicU64>,
+    /// [`crate::image::Image::shrink`] on this member's image (the handle is not generic over
+    /// the image's file type).
+    shrink_image: ShrinkImage,
 }
+
+/// `(steps, pages per step)` to the last step's progress; see [`NodeHandle::defragment`].
+type ShrinkImage = Arc<dyn Fn(usize, usize) -> Result<ShrinkProgress, String> + Send + Sync>;
+
+/// Shrink steps per blocking call of a defragment, and pages each step moves: each step holds
+/// the image's lock for one B-tree commit of at most this many page copies (plus parents).
+const DEFRAG_STEPS_PER_CALL: usize = 4;
+const DEFRAG_PAGES_PER_STEP: usize = 256;
+/// A bound on a defragment's calls, far above what any file needs (each step moves up to
+/// 1 MiB): shrinking ends on its own, this only keeps a bug from looping forever.
+const DEFRAG_CALLS_MAX: usize = 1 << 20;
 
 impl NodeHandle {
     /// Bytes of the image's pages in use as of its last save (or snapshot install).
@@ -379,6 +393,34 @@ impl NodeHandle {
         }
     }
 
+    /// Gives the image file's free pages back to the file system (etcd's defragment), in
+    /// bounded steps on a blocking thread, off the node task. Each step holds the image's lock
+    /// for one B-tree commit, so saves (and so writes) go on between them. Returns the file's
+    /// pages before and after. An error is the B-tree's: the image then refuses further saves,
+    /// which stops the node.
+    pub async fn defragment(&self) -> Result<(u64, u64), String> {
+        let mut first = None;
+        for _ in 0..DEFRAG_CALLS_MAX {
+            let shrink = self.shrink_image.clone();
+            let work = move || shrink(DEFRAG_STEPS_PER_CALL, DEFRAG_PAGES_PER_STEP);
+            // Under the simulator there are no blocking threads: the steps run in line.
+            #[cfg(not(madsim))]
+            let p = tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())??;
+            #[cfg(madsim)]
+            let p = work()?;
+            let before = *first.get_or_insert(p.file_pages);
+            if p.done {
+                tracing::info!(
+                    before_pages = before,
+                    after_pages = p.file_pages,
+                    "defragmented the state image"
+                );
+                return Ok((before, p.file_pages));
+            }
+        }
+        Err("defragment did not finish".to_string())
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Status { reply }).await.map_err(|_| RequestError::Stopped)?;
@@ -470,12 +512,16 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
     let (reports_tx, mut reports_rx) = mpsc::channel(SNAPSHOT_REPORTS_MAX);
     let (members_tx, members) = watch::channel(Arc::new(MembersView::default()));
     let db_in_use = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let image = recovered.storage.image.clone();
+    let shrink_image: ShrinkImage =
+        Arc::new(move |steps, pages| image.shrink(steps, pages).map_err(|e| e.to_string()));
     let handle = NodeHandle {
         tx,
         member_id: cfg.member_id,
         cluster_id: cfg.cluster_id,
         members,
         db_in_use: db_in_use.clone(),
+        shrink_image,
     };
     let cfg_tick_ms = cfg.tick.as_millis() as u64;
     let mut d = Driver {

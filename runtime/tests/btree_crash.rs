@@ -49,6 +49,8 @@ struct Expect {
     checked: usize,
     saw_in_flight: usize,
     seed: u64,
+    /// The workload shrinks the file: each recovered file is also shrunk to the end.
+    shrinking: bool,
 }
 
 /// A [`SimBackend`] that, before each sync, crashes a copy of its disk in every way under
@@ -102,7 +104,7 @@ fn faults(unsynced: usize, full: bool) -> Vec<CrashFault> {
         unsynced / 2,
         unsynced / 2 + 3,
         unsynced.saturating_sub(SECTOR_BYTES),
-        unsynced - 1,
+        unsynced.saturating_sub(1),
         unsynced,
     ]);
     if full {
@@ -151,6 +153,10 @@ fn crash_every_way(disk: &SimDisk, expect: &mut Expect, full: bool) {
             assert!(found == expect.committed, "{what}: neither the last commit nor the one in flight");
         }
         expect.checked += 1;
+        if expect.shrinking {
+            // A shrink cut short by a crash goes on from the recovered file.
+            shrink_to_the_end(&mut db, 5, &found, &what);
+        }
         // The recovered file takes further commits, reusing its free pages correctly.
         let mut tx = db.begin_write().unwrap();
         for i in 0..40u32 {
@@ -160,6 +166,21 @@ fn crash_every_way(disk: &SimDisk, expect: &mut Expect, full: bool) {
         tx.commit().unwrap_or_else(|e| panic!("{what}: commit after recovery: {e}"));
         db.check_invariants().unwrap_or_else(|e| panic!("{what}: after a commit on the recovered file: {e}"));
     }
+}
+
+/// Shrinks `db` until it is done, checking the invariants and the contents after every step.
+fn shrink_to_the_end<F: PageFile>(db: &mut Db<F>, max_pages: usize, model: &Model, what: &str) -> usize {
+    for step in 1..=10 + 4 * db.stats().page_count as usize {
+        let p = db.shrink_step(max_pages).unwrap_or_else(|e| panic!("{what}: shrink step {step}: {e}"));
+        db.check_invariants().unwrap_or_else(|e| panic!("{what}: after shrink step {step}: {e}"));
+        if p.done {
+            let found: Model =
+                db.range(Bound::Unbounded, Bound::Unbounded).collect::<Result<_, _>>().unwrap();
+            assert!(found == *model, "{what}: shrinking changed the contents");
+            return step;
+        }
+    }
+    panic!("{what}: shrinking did not finish: {:?}", db.stats());
 }
 
 fn random_key(rng: &mut Rng) -> Vec<u8> {
@@ -220,6 +241,88 @@ fn btree_a_crash_at_any_sync_leaves_the_last_commit_or_the_one_in_flight() {
     eprintln!("checked {} crash images, {} held the commit in flight", e.checked, e.saw_in_flight);
     assert!(e.checked as u64 >= txns * 2 * 20);
     assert!(e.saw_in_flight > 0, "some crash after the meta write keeps the commit in flight");
+}
+
+#[test]
+fn btree_a_crash_at_any_sync_of_a_shrink_keeps_exactly_the_contents() {
+    let seed = env_u64("KEEL_CRASH_SEED", 0x5eed) | 1;
+    let full = env_u64("KEEL_CRASH_FULL", 0) == 1;
+    let expect = Arc::new(Mutex::new(Expect { seed, shrinking: true, ..Expect::default() }));
+    let inner = SimBackend::new(FILE);
+    let disk = inner.disk().clone();
+    let mut db = Db::open(CrashingBackend { inner, expect: expect.clone(), full }).unwrap();
+    let mut rng = Rng(seed);
+    let mut model = Model::new();
+    // Unchecked set-up: fill the file, then delete most keys, so that there is much to move.
+    for _ in 0..4 {
+        let mut tx = db.begin_write().unwrap();
+        for _ in 0..400 {
+            let mut k = random_key(&mut rng);
+            k.extend_from_slice(&rng.below(10).to_be_bytes());
+            let v = random_value(&mut rng);
+            tx.put(&k, &v).unwrap();
+            model.insert(k, v);
+        }
+        tx.commit().unwrap();
+    }
+    let mut tx = db.begin_write().unwrap();
+    for k in model.keys().cloned().collect::<Vec<_>>() {
+        if rng.below(5) != 0 {
+            assert!(tx.delete(&k).unwrap());
+            model.remove(&k);
+        }
+    }
+    tx.commit().unwrap();
+    let before = db.stats();
+    {
+        let mut e = expect.lock().unwrap();
+        e.armed = true;
+        e.committed = model.clone();
+        e.in_flight = model.clone();
+    }
+    // Shrink steps (a crash at every sync of each), with a write transaction now and then.
+    let (mut steps, mut moved) = (0, 0);
+    loop {
+        steps += 1;
+        expect.lock().unwrap().syncs_in_commit = 0;
+        let p = db.shrink_step(1 + rng.below(3) as usize).unwrap();
+        db.check_invariants().unwrap();
+        moved += p.moved_pages;
+        if p.done {
+            break;
+        }
+        assert!(steps < 400, "shrinking did not finish: {:?}", db.stats());
+        if steps % 4 == 0 {
+            let mut tx = db.begin_write().unwrap();
+            for _ in 0..3 {
+                let (k, v) = (random_key(&mut rng), random_value(&mut rng));
+                tx.put(&k, &v).unwrap();
+                model.insert(k, v);
+            }
+            let mut e = expect.lock().unwrap();
+            e.in_flight = model.clone();
+            e.syncs_in_commit = 0;
+            drop(e);
+            tx.commit().unwrap();
+            let mut e = expect.lock().unwrap();
+            e.committed = model.clone();
+        }
+    }
+    let after = db.stats();
+    assert_eq!(contents_of(&db).unwrap(), model);
+    assert_eq!(after.file_bytes, disk.clone().open(FILE).unwrap().len());
+    let e = expect.lock().unwrap();
+    eprintln!(
+        "{steps} shrink steps moved {moved} pages: {before:?} -> {after:?}; checked {} crash images",
+        e.checked
+    );
+    assert!(after.file_pages * 3 < before.file_pages, "{before:?} -> {after:?}");
+    assert!(e.checked >= steps * 20);
+    assert!(moved >= 5, "the steps moved live pages, not only trimmed free ones");
+}
+
+fn contents_of<F: PageFile>(db: &Db<F>) -> Result<Model, DbError> {
+    db.range(Bound::Unbounded, Bound::Unbounded).collect()
 }
 
 /// A database of `n` keys committed in two transactions, and the model after each.

@@ -156,9 +156,9 @@ impl Services {
     /// etcd's quota check before a put, transaction or lease grant of `cost`: if the database
     /// and the cost would reach the quota, this member raises the NOSPACE alarm (through the
     /// log, so every member refuses writes that could grow the database from then on) and the
-    /// request fails. The size is the image's pages in use: Keel's file never shrinks but
-    /// reuses freed pages, so after a compaction the pages in use are what etcd's file is after
-    /// a defrag.
+    /// request fails. The size is the image's pages in use: Keel's file reuses freed pages (and
+    /// gives them back on a defrag), so after a compaction the pages in use are what etcd's
+    /// file is after a defrag.
     async fn check_quota(&self, cost: u64) -> Result<(), Status> {
         if self.quota_bytes.is_none() {
             return Ok(());
@@ -331,16 +331,18 @@ impl Maintenance for Services {
         }))
     }
 
-    /// The B-tree reuses freed pages but never gives them back to the file system, so there is
-    /// nothing to move; what a defrag does here is save the image now (a checkpoint), so that
-    /// the pages a compaction freed count as free at once (the quota checks the pages in use).
-    /// Like etcd, the answer carries no header.
+    /// Saves the image now (a checkpoint), so that the pages a compaction freed are free at
+    /// once, then shrinks the image file: live pages move into free ones at the bottom and the
+    /// file is truncated (`runtime::btree::Db::shrink_step`), in bounded steps off the node
+    /// task, so writes go on meanwhile (unlike etcd's defrag, which blocks them). Like etcd,
+    /// the answer carries no header.
     async fn defragment(
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.learner_check()?;
         self.node.snapshot().await.map_err(request_status)?;
+        self.node.defragment().await.map_err(|e| Status::internal(format!("etcdserver: defragment: {e}")))?;
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 

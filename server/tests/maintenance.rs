@@ -352,3 +352,60 @@ fn snapshot_stream_is_chunked() {
         assert_eq!(r, remaining);
     }
 }
+
+/// `endpoint status`'s DB SIZE in bytes.
+fn db_size(bins: &jepsen::EtcdBins, server: &Server) -> u64 {
+    let out = etcdctl(&bins.etcdctl, &server.endpoint(), &["endpoint", "status", "-w", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let at = out.stdout.find("\"dbSize\":").unwrap() + "\"dbSize\":".len();
+    out.stdout[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// The script of the defrag test: big values put, deleted and compacted away, then `etcdctl
+/// defrag`. Returns DB SIZE with the values in, before the defrag, and after it.
+fn fill_delete_compact_defrag(bins: &jepsen::EtcdBins, server: &Server) -> (u64, u64, u64) {
+    use server::pb::etcdserverpb::kv_client::KvClient;
+    use server::pb::etcdserverpb::PutRequest;
+    let keys = 1500u32;
+    let revision = runtime().block_on(async {
+        let mut c = KvClient::connect(server.endpoint()).await.unwrap();
+        let mut revision = 0;
+        for i in 0..keys {
+            let put = PutRequest {
+                key: format!("big/{i:05}").into_bytes().into(),
+                value: vec![b'a' + (i % 26) as u8; 10_000].into(),
+                ..Default::default()
+            };
+            revision = c.put(put).await.unwrap().into_inner().header.unwrap().revision;
+        }
+        revision
+    });
+    // A defrag also makes Keel's image take in everything so far, for a fair "full" figure.
+    assert_eq!(etcdctl(&bins.etcdctl, &server.endpoint(), &["defrag"]).code, 0);
+    let full = db_size(bins, server);
+    let out = etcdctl(&bins.etcdctl, &server.endpoint(), &["del", "big/", "--prefix"]);
+    assert_eq!(out.stdout.trim(), keys.to_string(), "{out:?}");
+    let out = etcdctl(&bins.etcdctl, &server.endpoint(), &["compaction", &(revision + 1).to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let before = db_size(bins, server);
+    let out = etcdctl(&bins.etcdctl, &server.endpoint(), &["defrag"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    (full, before, db_size(bins, server))
+}
+
+/// Deleting and compacting away most of the data, then `etcdctl defrag`, shrinks the database
+/// file (DB SIZE) on etcd and on Keel alike.
+#[test]
+fn defrag_after_delete_and_compaction_shrinks_the_file_like_etcd() {
+    let pair = common::start_pair();
+    let etcd = fill_delete_compact_defrag(&pair.bins, &pair.etcd);
+    let keel = fill_delete_compact_defrag(&pair.bins, &pair.keel);
+    eprintln!("DB SIZE (full, before defrag, after defrag): etcd {etcd:?}, keel {keel:?}");
+    assert!(etcd.2 * 5 < etcd.0, "etcd {etcd:?}");
+    assert!(keel.0 > 10_000_000, "keel {keel:?}");
+    assert!(keel.2 * 20 < keel.0, "keel {keel:?}");
+    // Writes still work on the shrunk file.
+    assert_eq!(etcdctl(&pair.bins.etcdctl, &pair.keel.endpoint(), &["put", "after", "defrag"]).code, 0);
+    let out = etcdctl(&pair.bins.etcdctl, &pair.keel.endpoint(), &["get", "after", "--print-value-only"]);
+    assert_eq!(out.stdout.trim(), "defrag");
+}

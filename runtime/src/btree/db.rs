@@ -18,6 +18,12 @@ pub struct Stats {
     pub page_count: u64,
     /// Pages on the free list.
     pub free_pages: u64,
+    /// Pages in use: `page_count - free_pages` (meta pages and the free list's own pages
+    /// included). What the file shrinks to, give or take a few pages, after
+    /// [`Db::shrink_step`] reports `done`.
+    pub used_pages: u64,
+    /// The file's length in whole pages.
+    pub file_pages: u64,
     /// The file's length, which runs ahead of `page_count * PAGE_BYTES` as it grows in chunks.
     pub file_bytes: u64,
     /// Levels of the tree: 0 when empty, 1 for a lone leaf.
@@ -39,6 +45,10 @@ pub struct Db<F: PageFile> {
     pub(crate) free: Vec<PageId>,
     /// The pages of `meta`'s free-list chain.
     pub(crate) free_pages: Vec<PageId>,
+    /// The high-water mark of the meta in the other slot, if that meta is valid (0 if not).
+    /// Recovery falls back to it if the newest meta is damaged, so the file is never truncated
+    /// below it (see [`Db::shrink_step`]).
+    pub(crate) other_page_count: u64,
     /// Set when a commit failed part-way: what is on disk is known again only after reopening.
     pub(crate) poisoned: bool,
 }
@@ -74,7 +84,9 @@ impl<F: PageFile> Db<F> {
                 Err(MetaError::Invalid(r)) => reasons.push(format!("slot {slot}: {r}")),
             }
         }
-        let Some(meta) = found.into_iter().max_by_key(|m| m.txn) else {
+        found.sort_by_key(|m| m.txn);
+        let other_page_count = if found.len() == 2 { found[0].page_count } else { 0 };
+        let Some(meta) = found.pop() else {
             return Err(pager.corrupt(0, format!("no valid meta page ({})", reasons.join("; "))));
         };
         if meta.page_count * PAGE_BYTES as u64 > pager.file.len() {
@@ -93,7 +105,7 @@ impl<F: PageFile> Db<F> {
                 format!("free list holds {} ids (duplicates?), meta says {}", free.len(), meta.free_count),
             ));
         }
-        Ok(Db { pager, meta, free, free_pages, poisoned: false })
+        Ok(Db { pager, meta, free, free_pages, other_page_count, poisoned: false })
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -147,6 +159,8 @@ impl<F: PageFile> Db<F> {
             txn_id: self.meta.txn,
             page_count: self.meta.page_count,
             free_pages: self.meta.free_count,
+            used_pages: self.meta.page_count - self.meta.free_count,
+            file_pages: self.pager.file.len() / PAGE_BYTES as u64,
             file_bytes: self.pager.file.len(),
             height: self.meta.height,
             key_count: self.meta.key_count,

@@ -14,6 +14,7 @@ mod db;
 mod error;
 mod page;
 mod pager;
+mod shrink;
 mod txn;
 
 pub use cursor::{Entry, Range};
@@ -23,6 +24,7 @@ pub use error::DbError;
 pub use memmap2::Mmap;
 pub use page::{fuzz_decode_page, PageId, FORMAT_VERSION, MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES};
 pub use pager::PageFile;
+pub use shrink::ShrinkProgress;
 pub use txn::WriteTxn;
 
 #[cfg(test)]

@@ -34,7 +34,9 @@ impl PageFile for FileBackend {
         // SAFETY: the map is read-only and the bytes behind it change only as follows. This
         // process writes the file with pwrite only through `Pager::write`, which takes `&mut
         // self`, so no slice of the map is alive while it runs; and it writes only pages no
-        // durable meta reaches, which no reader looks at. Other processes are kept out by the
+        // durable meta reaches, which no reader looks at. It shrinks the file only in
+        // `Pager::truncate` (also `&mut self`), which drops the map before `set_len` and maps
+        // again after, so no map ever covers bytes past the end. Other processes are kept out by the
         // exclusive lock `Db::open` takes before mapping (an advisory lock: a process that
         // ignores it and truncates the file could make a read fault, as with any mapped file).
         let map = unsafe { Mmap::map(self.file()) }?;
@@ -91,10 +93,10 @@ impl<F: PageFile> Pager<F> {
         DbError::corrupt(&self.name, page, reason)
     }
 
-    /// Maps the file again if it grew past the map.
+    /// Maps the file again if its length differs from the map's.
     pub(crate) fn remap(&mut self) -> Result<(), DbError> {
         let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
-        if self.file.len() > mapped {
+        if self.file.len() != mapped {
             self.map = None;
             self.map = self.file.map().map_err(|e| self.io(e))?;
         }
@@ -210,6 +212,19 @@ impl<F: PageFile> Pager<F> {
         let step = len.clamp(GROW_MIN_BYTES, GROW_MAX_BYTES);
         let new_len = need.max(len + step).next_multiple_of(PAGE_BYTES as u64);
         self.file.set_len(new_len).map_err(|e| self.io(e))
+    }
+
+    /// Shrinks the file to `len` bytes, durably, and maps what is left. The map is dropped
+    /// first: a mapped page past the end of the file faults (SIGBUS) if touched, and `&mut self`
+    /// guarantees no slice of the map is alive.
+    pub(crate) fn truncate(&mut self, len: u64) -> Result<(), DbError> {
+        assert!(len < self.file.len(), "truncation shrinks the file");
+        assert!(len.is_multiple_of(PAGE_BYTES as u64), "truncation keeps whole pages");
+        self.map = None;
+        let result = self.file.set_len(len).map_err(|e| self.io(e)).and_then(|()| self.sync());
+        // Map again even after a failure: the length is whatever `len()` says now.
+        self.remap()?;
+        result
     }
 
     pub(crate) fn sync(&mut self) -> Result<(), DbError> {

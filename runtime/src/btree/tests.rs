@@ -15,7 +15,7 @@ fn key(i: u64) -> Vec<u8> {
     format!("key{i:08}").into_bytes()
 }
 
-fn all(db: &Db<SimBackend>) -> Vec<Entry> {
+fn all<F: PageFile>(db: &Db<F>) -> Vec<Entry> {
     db.range(Bound::Unbounded, Bound::Unbounded).collect::<Result<_, _>>().unwrap()
 }
 
@@ -125,8 +125,10 @@ fn overwriting_reuses_pages_instead_of_growing() {
         sizes.push(db.stats().page_count);
     }
     db.check_invariants().unwrap();
-    // After a few rounds the tree lives in pages freed two commits before.
-    assert_eq!(sizes[10], sizes[29], "{sizes:?}");
+    // After a few rounds the tree lives in pages freed two commits before. (The high-water
+    // mark may still move by a page or so as the free list's own pages alternate.)
+    let settled = sizes[..=10].iter().copied().max().unwrap();
+    assert!(sizes[10..].iter().all(|s| *s <= settled), "{sizes:?}");
 }
 
 #[test]
@@ -267,6 +269,129 @@ fn a_real_file_is_mapped_locked_and_reopened() {
     db.check_invariants().unwrap();
 }
 
+/// Fills `db` with `n` keys (every tenth value overflowing), deletes all but every
+/// `keep_every`th, and returns the model of what is left.
+fn fill_then_delete_most<F: PageFile>(db: &mut Db<F>, n: u64, keep_every: u64) -> Model {
+    let mut model = Model::new();
+    for batch in 0..4 {
+        let mut tx = db.begin_write().unwrap();
+        for i in (batch..n).step_by(4) {
+            let v = vec![i as u8; if i % 7 == 0 { 9000 } else { 300 }];
+            tx.put(&key(i), &v).unwrap();
+            model.insert(key(i), v);
+        }
+        tx.commit().unwrap();
+    }
+    let mut tx = db.begin_write().unwrap();
+    for i in 0..n {
+        if i % keep_every != 0 {
+            assert!(tx.delete(&key(i)).unwrap());
+            model.remove(&key(i));
+        }
+    }
+    tx.commit().unwrap();
+    db.check_invariants().unwrap();
+    model
+}
+
+#[test]
+fn shrinking_after_deleting_most_keys_gives_the_space_back() {
+    let file = sim();
+    let mut db = Db::open(file.clone()).unwrap();
+    let model = fill_then_delete_most(&mut db, 6000, 20);
+    let before = db.stats();
+    let steps = shrink_fully(&mut db, 64, &model);
+    let after = db.stats();
+    eprintln!("{steps} steps: {before:?} -> {after:?}");
+    assert!(before.file_pages > 5 * after.file_pages, "{before:?} -> {after:?}");
+    // Near the live data: the pages in use, and the few free pages a commit always leaves.
+    assert!(after.file_pages <= after.used_pages + 8, "{after:?}");
+    assert_eq!(after.file_bytes, file.len());
+    drop(db);
+    let mut db = Db::open(file.clone()).unwrap();
+    db.check_invariants().unwrap();
+    assert_eq!(all(&db), model.into_iter().collect::<Vec<_>>());
+    // The shrunk file grows again as needed.
+    let mut tx = db.begin_write().unwrap();
+    for i in 0..3000 {
+        tx.put(&key(100_000 + i), &[7; 500]).unwrap();
+    }
+    tx.commit().unwrap();
+    db.check_invariants().unwrap();
+    assert_eq!(db.get(&key(102_999)).unwrap().as_deref(), Some(&[7u8; 500][..]));
+}
+
+#[test]
+fn shrinking_interleaves_with_writes() {
+    let mut db = Db::open(sim()).unwrap();
+    let mut model = fill_then_delete_most(&mut db, 3000, 10);
+    let start = db.stats();
+    for round in 0..500u64 {
+        let p = db.shrink_step(8).unwrap();
+        db.check_invariants().unwrap();
+        let mut tx = db.begin_write().unwrap();
+        let (k, v) = (key(round * 7 % 3000), vec![round as u8; (round as usize * 97) % 3000]);
+        tx.put(&k, &v).unwrap();
+        model.insert(k, v);
+        tx.commit().unwrap();
+        if p.done && round > 20 {
+            break;
+        }
+    }
+    db.check_invariants().unwrap();
+    assert_eq!(all(&db), model.into_iter().collect::<Vec<_>>());
+    assert!(db.stats().file_pages * 3 < start.file_pages, "{start:?} -> {:?}", db.stats());
+}
+
+#[test]
+fn shrinking_a_real_mapped_file_remaps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut db = Db::open(FileBackend::open(&path).unwrap()).unwrap();
+    let model = fill_then_delete_most(&mut db, 8000, 16);
+    let before = std::fs::metadata(&path).unwrap().len();
+    for (k, v) in &model {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]));
+    }
+    shrink_fully(&mut db, 128, &model);
+    let after = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(after, db.stats().file_bytes);
+    assert!(before > 5 * after, "{before} -> {after} bytes");
+    // Reads after the truncation go through the new map (a stale one would fault).
+    for (k, v) in &model {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]));
+    }
+    assert!(matches!(db.get(&key(16)).unwrap(), Some(std::borrow::Cow::Borrowed(_))), "read in place");
+    drop(db);
+    let db = Db::open(FileBackend::open(&path).unwrap()).unwrap();
+    db.check_invariants().unwrap();
+    assert_eq!(all(&db), model.into_iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn the_file_is_not_truncated_below_the_older_meta() {
+    let file = sim();
+    let mut db = Db::open(file.clone()).unwrap();
+    let model = fill_then_delete_most(&mut db, 2000, 10);
+    // Two commits in a row that lower the high-water mark: the older one's count still holds
+    // the file's length until the next commit replaces it.
+    loop {
+        let p = db.shrink_step(4).unwrap();
+        assert!(p.file_pages >= db.other_page_count.max(p.page_count));
+        if p.done {
+            break;
+        }
+    }
+    drop(db);
+    // Damage the newest meta: the fallback to the older one still finds its pages.
+    let newest = Db::open(file.clone()).unwrap().stats().txn_id;
+    file.disk().with_bytes("btree", |b| b[(newest as usize % 2) * PAGE_BYTES + 40] ^= 1);
+    let db = Db::open(file).unwrap();
+    assert_eq!(db.stats().txn_id, newest - 1);
+    db.check_invariants().unwrap();
+    assert_eq!(all(&db), model.into_iter().collect::<Vec<_>>());
+}
+
 #[test]
 fn meta_pages_alternate() {
     let file = sim();
@@ -300,8 +425,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// One write transaction's operations, whether it commits, reads of the committed state after
-/// it, and whether the file is reopened then.
-type Batch = (Vec<Op>, bool, Vec<Op>, bool);
+/// it, whether the file is reopened then, and the pages per shrink step to shrink it with
+/// (0: no shrinking).
+type Batch = (Vec<Op>, bool, Vec<Op>, bool, usize);
 
 fn batch() -> impl Strategy<Value = Batch> {
     (
@@ -309,6 +435,7 @@ fn batch() -> impl Strategy<Value = Batch> {
         proptest::bool::weighted(0.85),
         proptest::collection::vec(op(), 0..6),
         proptest::bool::weighted(0.2),
+        prop_oneof![2 => Just(0usize), 1 => 1usize..40],
     )
 }
 
@@ -322,6 +449,33 @@ fn model_key(k: u16) -> Vec<u8> {
 fn model_value(k: u16, v: u16) -> Vec<u8> {
     let len = if matches!(v % 50, 0) { 1000 + v as usize * 10 } else { v as usize % 200 };
     (0..len).map(|i| (i as u16 ^ k ^ v) as u8).collect()
+}
+
+/// Shrinks `db` step by step until it is done, checking the invariants and the contents
+/// after every step; returns the steps taken.
+fn shrink_fully<F: PageFile>(db: &mut Db<F>, max_pages: usize, model: &Model) -> usize {
+    // Each step moves the highest live page down or finishes; parents copied along can move
+    // up, so allow a generous multiple of the pages there are.
+    let bound = 10 + 4 * db.stats().page_count as usize;
+    for step in 1..=bound {
+        let p = db.shrink_step(max_pages).unwrap();
+        db.check_invariants().unwrap_or_else(|e| panic!("after shrink step {step}: {e}"));
+        let s = db.stats();
+        assert_eq!((p.page_count, p.file_pages), (s.page_count, s.file_pages));
+        assert!(s.file_pages >= s.page_count);
+        if p.done {
+            let found: Model =
+                db.range(Bound::Unbounded, Bound::Unbounded).collect::<Result<_, _>>().unwrap();
+            assert!(found == *model, "shrinking changed the contents");
+            assert_eq!(
+                db.shrink_step(max_pages).unwrap(),
+                ShrinkProgress { moved_pages: 0, ..p },
+                "done is done"
+            );
+            return step;
+        }
+    }
+    panic!("shrinking did not finish in {bound} steps: {:?}", db.stats());
 }
 
 fn cases() -> u32 {
@@ -383,7 +537,7 @@ proptest! {
         let file = sim();
         let mut db = Db::open(file.clone()).unwrap();
         let mut durable = Model::new();
-        for (ops, commit, reads, reopen) in batches {
+        for (ops, commit, reads, reopen, shrink_pages) in batches {
             let mut live = durable.clone();
             let mut tx = db.begin_write().unwrap();
             for op in &ops {
@@ -411,6 +565,9 @@ proptest! {
                 drop(tx);
             }
             db.check_invariants().unwrap();
+            if shrink_pages > 0 {
+                shrink_fully(&mut db, shrink_pages, &durable);
+            }
             for op in &reads {
                 check_read(
                     op,

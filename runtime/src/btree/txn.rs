@@ -4,8 +4,9 @@ use super::cursor::{self, child_le, Entry, NodeRef, Range, Source};
 use super::db::Db;
 use super::error::DbError;
 use super::page::{
-    encode_freelist, encode_overflow, BranchEntry, LeafEntry, Meta, Node, PageId, Value, FREE_IDS_MAX,
-    INLINE_VALUE_MAX, MAX_KEY_BYTES, MAX_PAGE_COUNT, MAX_VALUE_BYTES, NODE_BODY_MAX, OVERFLOW_DATA_BYTES,
+    encode_freelist, encode_overflow, kind_of, BranchEntry, Kind, LeafEntry, Meta, Node, PageId, Value,
+    ValueRef, FIRST_DATA_PAGE, FREE_IDS_MAX, INLINE_VALUE_MAX, MAX_KEY_BYTES, MAX_PAGE_COUNT,
+    MAX_VALUE_BYTES, NODE_BODY_MAX, OVERFLOW_DATA_BYTES,
 };
 use super::pager::{Limits, PageFile};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -27,7 +28,8 @@ pub struct WriteTxn<'db, F: PageFile> {
     /// The tree as this transaction sees it (0 when empty).
     root: PageId,
     key_count: u64,
-    /// The high-water mark. Invariant: `>= db.meta.page_count`.
+    /// The high-water mark. Invariant: `>= db.meta.page_count` until the commit lowers it over
+    /// the free pages at the top (after its last allocation).
     page_count: u64,
     /// Nodes this transaction changed, by the fresh page each will be written to.
     /// Invariant: every key is in `fresh`; between operations each node has at least one entry
@@ -404,6 +406,115 @@ impl<'db, F: PageFile> WriteTxn<'db, F> {
         Ok(())
     }
 
+    /// Moves the pages in `targets` (pages the durable tree reaches: nodes or overflow pages)
+    /// to the lowest free pages, by copying them as any change would: a moved node's parents up
+    /// to the root are copied too, and an overflow value with a page in `targets` is rewritten
+    /// whole. Returns how many of `targets` were found. Must be the transaction's first change.
+    pub(crate) fn relocate(&mut self, targets: &HashSet<PageId>) -> Result<u64, DbError> {
+        assert!(self.dirty.is_empty() && self.fresh.is_empty(), "relocation starts a transaction");
+        if self.root == 0 || targets.is_empty() {
+            return Ok(0);
+        }
+        // Which targets are overflow pages decides whether values' chains must be read at
+        // all. The kind byte is only a hint here: every page the walk uses is verified.
+        let mut overflow_left = 0;
+        for &id in targets {
+            let raw = self.db.pager.read_raw(id)?;
+            if !matches!(kind_of(&raw), Some(Kind::Branch | Kind::Leaf)) {
+                overflow_left += 1;
+            }
+        }
+        let mut left = Left { nodes: targets.len() - overflow_left, overflow: overflow_left };
+        let found = self.guard(|t| t.relocate_subtree(t.root, targets, &mut left, 1))?;
+        self.root = found.0;
+        Ok(found.1)
+    }
+
+    /// Relocates the targets in the subtree at `id` (a durable node); returns the subtree's
+    /// root now and how many targets it held.
+    fn relocate_subtree(
+        &mut self,
+        id: PageId,
+        targets: &HashSet<PageId>,
+        left: &mut Left,
+        depth: usize,
+    ) -> Result<(PageId, u64), DbError> {
+        if left.done() {
+            return Ok((id, 0));
+        }
+        if depth > cursor::MAX_HEIGHT {
+            return Err(self.db.pager.corrupt(id, "tree deeper than the height limit"));
+        }
+        // Only the child ids, or the overflow values, are needed from the page: the node is
+        // decoded whole only if it is copied.
+        let (is_leaf, refs) = {
+            let view = self.db.pager.node(id, self.limits())?;
+            let refs: Vec<(usize, PageId, u32)> = if !view.is_leaf() {
+                (0..view.len()).map(|i| (i, view.child(i), 0)).collect()
+            } else if left.overflow > 0 {
+                (0..view.len())
+                    .filter_map(|i| match view.value(i) {
+                        ValueRef::Overflow { first, len } => Some((i, first, len)),
+                        ValueRef::Inline(_) => None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (view.is_leaf(), refs)
+        };
+        let mut found = 0;
+        let itself = targets.contains(&id);
+        if itself {
+            found += 1;
+            left.nodes = left.nodes.saturating_sub(1);
+        }
+        let mut children = Vec::new();
+        let mut values = Vec::new();
+        for (i, page, len) in refs {
+            if !is_leaf {
+                let (child, n) = self.relocate_subtree(page, targets, left, depth + 1)?;
+                found += n;
+                if child != page {
+                    children.push((i, child));
+                }
+                continue;
+            }
+            if left.overflow == 0 {
+                break;
+            }
+            let (pages, _) = self.db.pager.overflow(page, len, self.limits(), false)?;
+            let hits = pages.iter().filter(|p| targets.contains(p)).count();
+            if hits == 0 {
+                continue;
+            }
+            found += hits as u64;
+            left.overflow = left.overflow.saturating_sub(hits);
+            let (_, data) = self.db.pager.overflow(page, len, self.limits(), true)?;
+            values.push((i, self.write_overflow(&data)?));
+            for p in pages {
+                self.free(p);
+            }
+        }
+        if !itself && children.is_empty() && values.is_empty() {
+            return Ok((id, found));
+        }
+        let copy = self.make_dirty(id)?;
+        match self.dirty.get_mut(&copy).expect("dirty") {
+            Node::Branch(entries) => {
+                for (i, child) in children {
+                    entries[i].child = child;
+                }
+            }
+            Node::Leaf(entries) => {
+                for (i, value) in values {
+                    entries[i].value = value;
+                }
+            }
+        }
+        Ok((copy, found))
+    }
+
     /// The tree's height, by the leftmost path.
     fn height(&self) -> Result<u32, DbError> {
         let mut id = self.root;
@@ -446,6 +557,22 @@ impl<'db, F: PageFile> WriteTxn<'db, F> {
         self.released.extend(self.db.free_pages.iter().copied());
         let chain_len = (self.avail.len() + self.released.len()).div_ceil(FREE_IDS_MAX);
         let chain: Vec<PageId> = (0..chain_len).map(|_| self.alloc()).collect();
+        // 3. Lower the high-water mark over the free pages at the top: the new tree reaches
+        // none of them. Only now, after the last allocation: a trimmed page that the durable
+        // tree reaches (one in `released`) must not be handed out again by this transaction.
+        self.released.sort_unstable();
+        loop {
+            let top = self.page_count - 1;
+            if self.avail.last() == Some(&top) {
+                self.avail.pop_last();
+            } else if self.released.last() == Some(&top) {
+                self.released.pop();
+            } else {
+                break;
+            }
+            self.page_count -= 1;
+        }
+        assert!(self.page_count >= FIRST_DATA_PAGE);
         let mut free: Vec<PageId> = self.avail.iter().chain(&self.released).copied().collect();
         free.sort_unstable();
         assert!(free.windows(2).all(|w| w[0] < w[1]), "a page is free twice");
@@ -455,9 +582,9 @@ impl<'db, F: PageFile> WriteTxn<'db, F> {
             let next = chain.get(i + 1).copied().unwrap_or(0);
             self.db.pager.write(id, &encode_freelist(id, self.txn, next, ids))?;
         }
-        // 3. Make those pages durable before any meta page points at them.
+        // 4. Make those pages durable before any meta page points at them.
         self.db.pager.sync()?;
-        // 4. The meta page, in the slot the previous commit did not use, then durable.
+        // 5. The meta page, in the slot the previous commit did not use, then durable.
         let meta = Meta {
             txn: self.txn,
             root: self.root,
@@ -470,10 +597,23 @@ impl<'db, F: PageFile> WriteTxn<'db, F> {
         assert_ne!(meta.slot(), self.db.meta.slot());
         self.db.pager.write(meta.slot(), &meta.encode())?;
         self.db.pager.sync()?;
+        self.db.other_page_count = self.db.meta.page_count;
         self.db.meta = meta;
         self.db.free = free;
         self.db.free_pages = chain;
         self.db.pager.remap()
+    }
+}
+
+/// Targets a relocation walk has yet to find, by kind: the walk stops once none are left.
+struct Left {
+    nodes: usize,
+    overflow: usize,
+}
+
+impl Left {
+    fn done(&self) -> bool {
+        self.nodes == 0 && self.overflow == 0
     }
 }
 
