@@ -1,19 +1,23 @@
-//! etcd's grpc-gateway: its gRPC API as JSON over HTTP POST at `/v3/...` on the client port.
+//! etcd's grpc-gateway: its gRPC API as JSON over HTTP POST at `/v3/...` (and, as etcd 3.5
+//! still serves it, `/v3beta/...`) on the client port.
 //!
 //! As in etcd, where the gateway is a gRPC client of its own server, each request is decoded
 //! from JSON, sent through the very gRPC services the port serves (in process, through their
 //! router: same validation, same limits, same errors) and the answer encoded back to JSON. A
-//! server stream (`/v3/watch`, `/v3/lease/keepalive`) answers newline-delimited
-//! `{"result":…}` objects; an error answers `{"error":msg,"code":grpc code,"message":msg}`
-//! with grpc-gateway's HTTP status for the code.
+//! server stream (`/v3/watch`, `/v3/lease/keepalive`, `/v3/maintenance/snapshot`,
+//! `/v3/election/observe`) answers newline-delimited `{"result":…}` objects; an error answers
+//! `{"error":msg,"code":grpc code,"message":msg}` with grpc-gateway's HTTP status for the code.
+//! An unknown path under a prefix answers grpc-gateway's `404 Not Found`, another method than
+//! POST its `405 Method Not Allowed`, both as plain text.
 
 mod json;
+mod syntax;
 
 use crate::pb::etcdserverpb::*;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, MethodRouter};
+use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
 use json::{FromJson, ToJson};
@@ -22,190 +26,304 @@ use std::pin::Pin;
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
-/// The largest JSON body accepted. The gRPC services still apply `--max-request-bytes` to
-/// the decoded request (etcd's error for it included); this only bounds what is buffered.
-/// It is sized for base64 (4/3) of a request at etcd's largest recommended limit (10 MiB).
-const JSON_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The prefixes the gateway serves: etcd 3.5 still serves its API under `/v3beta` (but no
+/// longer under `/v3alpha`).
+pub(crate) const PREFIXES: [&str; 2] = ["/v3", "/v3beta"];
 
 /// The largest gRPC response message accepted from the services, as etcd's gateway sets its
 /// client's receive limit (`math.MaxInt32`).
 const GRPC_MESSAGE_BYTES_MAX: usize = i32::MAX as usize;
 
-/// The gateway's routes; `grpc` is the router of the gRPC services on the same port.
-pub(crate) fn routes(grpc: Router) -> Router {
-    Router::new()
-        .route("/v3/kv/range", unary::<RangeRequest, RangeResponse>(&grpc, "/etcdserverpb.KV/Range"))
-        .route("/v3/kv/put", unary::<PutRequest, PutResponse>(&grpc, "/etcdserverpb.KV/Put"))
-        .route(
-            "/v3/kv/deleterange",
-            unary::<DeleteRangeRequest, DeleteRangeResponse>(&grpc, "/etcdserverpb.KV/DeleteRange"),
-        )
-        .route("/v3/kv/txn", unary::<TxnRequest, TxnResponse>(&grpc, "/etcdserverpb.KV/Txn"))
-        .route(
-            "/v3/kv/compaction",
-            unary::<CompactionRequest, CompactionResponse>(&grpc, "/etcdserverpb.KV/Compact"),
-        )
-        .route("/v3/watch", stream::<WatchRequest, WatchResponse>(&grpc, "/etcdserverpb.Watch/Watch"))
-        .route(
-            "/v3/lease/grant",
-            unary::<LeaseGrantRequest, LeaseGrantResponse>(&grpc, "/etcdserverpb.Lease/LeaseGrant"),
-        )
-        .route(
-            "/v3/lease/keepalive",
-            stream::<LeaseKeepAliveRequest, LeaseKeepAliveResponse>(
-                &grpc,
-                "/etcdserverpb.Lease/LeaseKeepAlive",
-            ),
-        )
-        .route(
-            "/v3/cluster/member/list",
-            unary::<MemberListRequest, MemberListResponse>(&grpc, "/etcdserverpb.Cluster/MemberList"),
-        )
-        .route(
-            "/v3/maintenance/alarm",
-            unary::<AlarmRequest, AlarmResponse>(&grpc, "/etcdserverpb.Maintenance/Alarm"),
-        )
-        .route(
-            "/v3/maintenance/status",
-            unary::<StatusRequest, StatusResponse>(&grpc, "/etcdserverpb.Maintenance/Status"),
-        )
-        // etcd serves these three also under `/v3/kv/lease/...` (its older paths).
-        .merge(lease_routes(&grpc, "/v3/lease"))
-        .merge(lease_routes(&grpc, "/v3/kv/lease"))
+/// What a JSON body may hold beyond twice the largest message: room for field names and JSON
+/// syntax around a message that is mostly base64 (4/3 of the bytes).
+const JSON_BODY_SLACK_BYTES: usize = 64 * 1024;
+
+/// The gateway's routes; `grpc` is the router of the gRPC services on the same port, which
+/// accept messages of up to `message_bytes_max` (etcd's `--max-request-bytes` plus its gRPC
+/// overhead allowance).
+pub(crate) fn routes(grpc: Router, message_bytes_max: usize) -> Router {
+    let body_bytes_max = message_bytes_max.saturating_mul(2).saturating_add(JSON_BODY_SLACK_BYTES);
+    assert!(body_bytes_max >= message_bytes_max);
+    let gateway = Gateway { grpc, message_bytes_max, body_bytes_max };
+    PREFIXES.iter().fold(Router::new(), |router, prefix| router.merge(gateway.api(prefix)))
 }
 
-fn lease_routes(grpc: &Router, prefix: &str) -> Router {
-    Router::new()
-        .route(
-            &format!("{prefix}/revoke"),
-            unary::<LeaseRevokeRequest, LeaseRevokeResponse>(grpc, "/etcdserverpb.Lease/LeaseRevoke"),
-        )
-        .route(
-            &format!("{prefix}/timetolive"),
-            unary::<LeaseTimeToLiveRequest, LeaseTimeToLiveResponse>(
-                grpc,
-                "/etcdserverpb.Lease/LeaseTimeToLive",
-            ),
-        )
-        .route(
-            &format!("{prefix}/leases"),
-            unary::<LeaseLeasesRequest, LeaseLeasesResponse>(grpc, "/etcdserverpb.Lease/LeaseLeases"),
-        )
+/// Invariant: `body_bytes_max >= message_bytes_max`, so that any message the services accept
+/// can be sent as JSON.
+#[derive(Clone)]
+struct Gateway {
+    grpc: Router,
+    /// The largest request message the services accept; a larger one is refused with the
+    /// error etcd's gRPC server gives it.
+    message_bytes_max: usize,
+    /// The largest JSON body read.
+    body_bytes_max: usize,
 }
 
-/// A unary method: one JSON object in, one out. An empty body is an empty request.
-fn unary<Req, Resp>(grpc: &Router, method: &'static str) -> MethodRouter
-where
-    Req: FromJson + prost::Message + 'static,
-    Resp: ToJson + prost::Message + Default + 'static,
-{
-    let grpc = grpc.clone();
-    post(move |body: Body| {
-        let grpc = grpc.clone();
-        async move {
-            let result = async {
-                let body = read_body(body).await?;
-                let req = match requests::<Req>(&body).next() {
+/// How a method's messages flow.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// One request, one response.
+    Unary,
+    /// One request, a stream of responses.
+    ServerStream,
+    /// A stream each way: every JSON value of the body is a request.
+    BidiStream,
+}
+
+/// Adds routes to an [`Api`]: `kind path => gRPC method: request => response;`.
+macro_rules! add_routes {
+    ($api:ident; $($kind:ident $path:literal => $method:literal: $req:ty => $resp:ty;)*) => {
+        $( $api.add::<$req, $resp>(Kind::$kind, $path, $method); )*
+    };
+}
+
+impl Gateway {
+    /// etcd 3.5's routes under one prefix.
+    #[rustfmt::skip]
+    fn api(&self, prefix: &str) -> Router {
+        use crate::pb::v3electionpb::*;
+        use crate::pb::v3lockpb::*;
+        let mut api = Api { gateway: self, prefix, router: Router::new() };
+        add_routes! { api;
+            Unary "/kv/range" => "/etcdserverpb.KV/Range": RangeRequest => RangeResponse;
+            Unary "/kv/put" => "/etcdserverpb.KV/Put": PutRequest => PutResponse;
+            Unary "/kv/deleterange" => "/etcdserverpb.KV/DeleteRange": DeleteRangeRequest => DeleteRangeResponse;
+            Unary "/kv/txn" => "/etcdserverpb.KV/Txn": TxnRequest => TxnResponse;
+            Unary "/kv/compaction" => "/etcdserverpb.KV/Compact": CompactionRequest => CompactionResponse;
+
+            BidiStream "/watch" => "/etcdserverpb.Watch/Watch": WatchRequest => WatchResponse;
+
+            Unary "/lease/grant" => "/etcdserverpb.Lease/LeaseGrant": LeaseGrantRequest => LeaseGrantResponse;
+            Unary "/lease/revoke" => "/etcdserverpb.Lease/LeaseRevoke": LeaseRevokeRequest => LeaseRevokeResponse;
+            BidiStream "/lease/keepalive" => "/etcdserverpb.Lease/LeaseKeepAlive": LeaseKeepAliveRequest => LeaseKeepAliveResponse;
+            Unary "/lease/timetolive" => "/etcdserverpb.Lease/LeaseTimeToLive": LeaseTimeToLiveRequest => LeaseTimeToLiveResponse;
+            Unary "/lease/leases" => "/etcdserverpb.Lease/LeaseLeases": LeaseLeasesRequest => LeaseLeasesResponse;
+            // etcd serves these three also at their older paths.
+            Unary "/kv/lease/revoke" => "/etcdserverpb.Lease/LeaseRevoke": LeaseRevokeRequest => LeaseRevokeResponse;
+            Unary "/kv/lease/timetolive" => "/etcdserverpb.Lease/LeaseTimeToLive": LeaseTimeToLiveRequest => LeaseTimeToLiveResponse;
+            Unary "/kv/lease/leases" => "/etcdserverpb.Lease/LeaseLeases": LeaseLeasesRequest => LeaseLeasesResponse;
+
+            Unary "/cluster/member/add" => "/etcdserverpb.Cluster/MemberAdd": MemberAddRequest => MemberAddResponse;
+            Unary "/cluster/member/remove" => "/etcdserverpb.Cluster/MemberRemove": MemberRemoveRequest => MemberRemoveResponse;
+            Unary "/cluster/member/update" => "/etcdserverpb.Cluster/MemberUpdate": MemberUpdateRequest => MemberUpdateResponse;
+            Unary "/cluster/member/list" => "/etcdserverpb.Cluster/MemberList": MemberListRequest => MemberListResponse;
+            Unary "/cluster/member/promote" => "/etcdserverpb.Cluster/MemberPromote": MemberPromoteRequest => MemberPromoteResponse;
+
+            Unary "/maintenance/alarm" => "/etcdserverpb.Maintenance/Alarm": AlarmRequest => AlarmResponse;
+            Unary "/maintenance/status" => "/etcdserverpb.Maintenance/Status": StatusRequest => StatusResponse;
+            Unary "/maintenance/defragment" => "/etcdserverpb.Maintenance/Defragment": DefragmentRequest => DefragmentResponse;
+            // etcd 3.5 declares HashKV at this path too, but Hash holds it: HashKV has no route.
+            Unary "/maintenance/hash" => "/etcdserverpb.Maintenance/Hash": HashRequest => HashResponse;
+            ServerStream "/maintenance/snapshot" => "/etcdserverpb.Maintenance/Snapshot": SnapshotRequest => SnapshotResponse;
+            Unary "/maintenance/transfer-leadership" => "/etcdserverpb.Maintenance/MoveLeader": MoveLeaderRequest => MoveLeaderResponse;
+            Unary "/maintenance/downgrade" => "/etcdserverpb.Maintenance/Downgrade": DowngradeRequest => DowngradeResponse;
+
+            Unary "/auth/enable" => "/etcdserverpb.Auth/AuthEnable": AuthEnableRequest => AuthEnableResponse;
+            Unary "/auth/disable" => "/etcdserverpb.Auth/AuthDisable": AuthDisableRequest => AuthDisableResponse;
+            Unary "/auth/status" => "/etcdserverpb.Auth/AuthStatus": AuthStatusRequest => AuthStatusResponse;
+            Unary "/auth/authenticate" => "/etcdserverpb.Auth/Authenticate": AuthenticateRequest => AuthenticateResponse;
+            Unary "/auth/user/add" => "/etcdserverpb.Auth/UserAdd": AuthUserAddRequest => AuthUserAddResponse;
+            Unary "/auth/user/get" => "/etcdserverpb.Auth/UserGet": AuthUserGetRequest => AuthUserGetResponse;
+            Unary "/auth/user/list" => "/etcdserverpb.Auth/UserList": AuthUserListRequest => AuthUserListResponse;
+            Unary "/auth/user/delete" => "/etcdserverpb.Auth/UserDelete": AuthUserDeleteRequest => AuthUserDeleteResponse;
+            Unary "/auth/user/changepw" => "/etcdserverpb.Auth/UserChangePassword": AuthUserChangePasswordRequest => AuthUserChangePasswordResponse;
+            Unary "/auth/user/grant" => "/etcdserverpb.Auth/UserGrantRole": AuthUserGrantRoleRequest => AuthUserGrantRoleResponse;
+            Unary "/auth/user/revoke" => "/etcdserverpb.Auth/UserRevokeRole": AuthUserRevokeRoleRequest => AuthUserRevokeRoleResponse;
+            Unary "/auth/role/add" => "/etcdserverpb.Auth/RoleAdd": AuthRoleAddRequest => AuthRoleAddResponse;
+            Unary "/auth/role/get" => "/etcdserverpb.Auth/RoleGet": AuthRoleGetRequest => AuthRoleGetResponse;
+            Unary "/auth/role/list" => "/etcdserverpb.Auth/RoleList": AuthRoleListRequest => AuthRoleListResponse;
+            Unary "/auth/role/delete" => "/etcdserverpb.Auth/RoleDelete": AuthRoleDeleteRequest => AuthRoleDeleteResponse;
+            Unary "/auth/role/grant" => "/etcdserverpb.Auth/RoleGrantPermission": AuthRoleGrantPermissionRequest => AuthRoleGrantPermissionResponse;
+            Unary "/auth/role/revoke" => "/etcdserverpb.Auth/RoleRevokePermission": AuthRoleRevokePermissionRequest => AuthRoleRevokePermissionResponse;
+
+            Unary "/lock/lock" => "/v3lockpb.Lock/Lock": LockRequest => LockResponse;
+            Unary "/lock/unlock" => "/v3lockpb.Lock/Unlock": UnlockRequest => UnlockResponse;
+
+            Unary "/election/campaign" => "/v3electionpb.Election/Campaign": CampaignRequest => CampaignResponse;
+            Unary "/election/proclaim" => "/v3electionpb.Election/Proclaim": ProclaimRequest => ProclaimResponse;
+            Unary "/election/leader" => "/v3electionpb.Election/Leader": LeaderRequest => LeaderResponse;
+            ServerStream "/election/observe" => "/v3electionpb.Election/Observe": LeaderRequest => LeaderResponse;
+            Unary "/election/resign" => "/v3electionpb.Election/Resign": ResignRequest => ResignResponse;
+        }
+        api.router
+    }
+
+    /// The request frames of a body: its first JSON value for a unary or server-stream method
+    /// (none: an empty request), every value for a bidirectional stream.
+    fn frames<Req: FromJson + prost::Message>(&self, kind: Kind, body: &[u8]) -> Result<Vec<u8>, Status> {
+        let mut frames = Vec::new();
+        match kind {
+            Kind::Unary | Kind::ServerStream => {
+                let req = match requests::<Req>(body).next() {
                     None => Req::from_value(&Value::Null),
                     Some(r) => r,
                 }
                 .map_err(Status::invalid_argument)?;
-                let mut answer = call(grpc, method, frame(&req)).await?;
-                answer.next::<Resp>().await.unwrap_or_else(|| Err(Status::internal("no response")))
+                self.frame(&req, &mut frames)?;
             }
-            .await;
-            match result {
-                Ok(resp) => json_response(StatusCode::OK, Body::from(resp.to_json().to_string())),
-                Err(status) => error_response(&status),
+            Kind::BidiStream => {
+                for (i, req) in requests::<Req>(body).enumerate() {
+                    match req {
+                        Ok(req) => self.frame(&req, &mut frames)?,
+                        // grpc-gateway reports a bad first request as an unknown error; a later
+                        // one ends the requests (the stream answers those before it).
+                        Err(e) if i == 0 => return Err(Status::unknown(e)),
+                        Err(_) => break,
+                    }
+                }
             }
         }
-    })
+        Ok(frames)
+    }
+
+    /// Appends a gRPC message frame (uncompressed flag, big-endian length, the message), or
+    /// refuses the message as etcd's gRPC server refuses one beyond its limit.
+    fn frame(&self, m: &impl prost::Message, out: &mut Vec<u8>) -> Result<(), Status> {
+        let len = m.encoded_len();
+        if len > self.message_bytes_max {
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({len} vs. {})",
+                self.message_bytes_max
+            )));
+        }
+        out.reserve(5 + len);
+        out.push(0);
+        out.extend_from_slice(&u32::try_from(len).expect("within the message limit").to_be_bytes());
+        m.encode(out).expect("a Vec grows as needed");
+        Ok(())
+    }
+
+    async fn read_body(&self, body: Body) -> Result<Bytes, Status> {
+        axum::body::to_bytes(body, self.body_bytes_max).await.map_err(|_| {
+            Status::resource_exhausted(format!(
+                "keel: gateway request body larger than max ({} bytes)",
+                self.body_bytes_max
+            ))
+        })
+    }
 }
 
-/// A server stream: each JSON object of the body is a request, each response a line
-/// `{"result":…}`, until the service ends the stream or the client goes away.
-fn stream<Req, Resp>(grpc: &Router, method: &'static str) -> MethodRouter
+/// Routes under one prefix, being built.
+struct Api<'a> {
+    gateway: &'a Gateway,
+    prefix: &'a str,
+    router: Router,
+}
+
+impl Api<'_> {
+    /// Routes POST `prefix + path` to the gRPC `method`; any other method (but OPTIONS, which
+    /// the CORS layer answers) gets grpc-gateway's 405.
+    fn add<Req, Resp>(&mut self, kind: Kind, path: &str, method: &'static str)
+    where
+        Req: FromJson + prost::Message + 'static,
+        Resp: ToJson + prost::Message + Default + Send + 'static,
+    {
+        let gateway = self.gateway.clone();
+        // Not `post(..)`: axum's answer to other methods would name the allowed ones.
+        let handler = any(move |http_method: Method, body: Body| {
+            let gateway = gateway.clone();
+            async move {
+                if http_method != Method::POST {
+                    return text_response(StatusCode::METHOD_NOT_ALLOWED);
+                }
+                let called = async {
+                    let body = gateway.read_body(body).await?;
+                    let frames = gateway.frames::<Req>(kind, &body)?;
+                    call(gateway.grpc.clone(), method, frames).await
+                };
+                match (kind, called.await) {
+                    (_, Err(status)) => error_response(&status),
+                    (Kind::Unary, Ok(mut answer)) => {
+                        match answer
+                            .next::<Resp>()
+                            .await
+                            .unwrap_or_else(|| Err(Status::internal("no response")))
+                        {
+                            Ok(resp) => answered(Body::from(resp.to_json().to_string())),
+                            Err(status) => error_response(&status),
+                        }
+                    }
+                    (Kind::ServerStream | Kind::BidiStream, Ok(answer)) => {
+                        stream_response::<Resp>(answer).await
+                    }
+                }
+            }
+        });
+        let router = std::mem::take(&mut self.router);
+        self.router = router.route(&format!("{}{path}", self.prefix), handler);
+    }
+}
+
+/// A stream's responses as lines `{"result":…}`, until the service ends the stream or the
+/// client goes away. As grpc-gateway, the HTTP status waits for the first response: an error
+/// before any gets its own status; a later one is a line of its own that ends the stream.
+async fn stream_response<Resp>(mut answer: Answer) -> Response
 where
-    Req: FromJson + prost::Message + 'static,
     Resp: ToJson + prost::Message + Default + Send + 'static,
 {
-    let grpc = grpc.clone();
-    post(move |body: Body| {
-        let grpc = grpc.clone();
-        async move {
-            let frames = async {
-                let body = read_body(body).await?;
-                let mut frames = Vec::new();
-                for req in requests::<Req>(&body) {
-                    // grpc-gateway reports a bad streamed request as an unknown error.
-                    frames.extend_from_slice(&frame(&req.map_err(Status::unknown)?));
-                }
-                Ok::<_, Status>(frames)
-            };
-            let mut answer = match frames.await {
-                Ok(frames) => match call(grpc, method, frames).await {
-                    Ok(answer) => answer,
-                    Err(status) => return error_response(&status),
-                },
-                Err(status) => return error_response(&status),
-            };
-            // As grpc-gateway, the HTTP status waits for the first response: an error before any
-            // gets its own status.
-            let first = match answer.next::<Resp>().await {
-                None => return json_response(StatusCode::OK, Body::empty()),
-                Some(Err(status)) => {
-                    return json_response(http_status(status.code()), Body::from(stream_error(&status)))
-                }
-                Some(Ok(first)) => first,
-            };
-            let rest = futures::stream::unfold(Some(answer), |answer| async move {
-                let mut answer = answer?;
-                match answer.next::<Resp>().await? {
-                    Ok(resp) => Some((result_line(&resp), Some(answer))),
-                    Err(status) => Some((stream_error(&status), None)),
-                }
-            });
-            let lines = futures::stream::iter([result_line(&first)]).chain(rest);
-            json_response(StatusCode::OK, Body::from_stream(lines.map(Ok::<_, std::convert::Infallible>)))
+    let first = match answer.next::<Resp>().await {
+        None => return answered(Body::empty()),
+        Some(Err(status)) => {
+            return json_response(http_status(status.code()), Body::from(stream_error(&status)))
         }
-    })
+        Some(Ok(first)) => first,
+    };
+    let rest = futures::stream::unfold(Some(answer), |answer| async move {
+        let mut answer = answer?;
+        match answer.next::<Resp>().await? {
+            Ok(resp) => Some((result_line(&resp), Some(answer))),
+            Err(status) => Some((stream_error(&status), None)),
+        }
+    });
+    let lines = futures::stream::iter([result_line(&first)]).chain(rest);
+    answered(Body::from_stream(lines.map(Ok::<_, std::convert::Infallible>)))
 }
 
-async fn read_body(body: Body) -> Result<Bytes, Status> {
-    axum::body::to_bytes(body, JSON_BODY_BYTES_MAX).await.map_err(|_| {
-        Status::resource_exhausted(format!(
-            "keel: gateway request body larger than max ({JSON_BODY_BYTES_MAX} bytes)"
-        ))
-    })
+/// Answers as Go's `http.Error` does: the status text and a newline, as plain text.
+/// grpc-gateway answers its unknown paths (`Not Found`) and other methods than POST (`Method
+/// Not Allowed`) so.
+pub(crate) fn text_response(code: StatusCode) -> Response {
+    plain_text(code, format!("{}\n", code.canonical_reason().unwrap_or("")))
 }
 
-/// The JSON values of a body, one after another, as Go's JSON decoder reads a stream.
+/// A plain-text error answer as Go's `http.Error` writes it.
+pub(crate) fn plain_text(code: StatusCode, text: String) -> Response {
+    let mut response = (code, text).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// The JSON values of a body, one after another, as Go's JSON decoder reads a stream; the
+/// first bad one ends them, with Go's message for it.
 fn requests<Req: FromJson>(body: &[u8]) -> impl Iterator<Item = Result<Req, String>> + '_ {
     let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
-    let mut failed = false;
+    let mut done = false;
     std::iter::from_fn(move || {
-        if failed {
+        if done {
             return None;
         }
+        let start = values.byte_offset();
         let item = match values.next()? {
             Ok(v) => Req::from_value(&v),
-            // Go's decoder says this of a truncated value; serde's other messages stand.
-            Err(e) if e.is_eof() => Err("unexpected EOF".to_string()),
+            Err(e) if e.is_syntax() || e.is_eof() => {
+                // serde also refuses what may follow a value (`truex`), which Go never reads;
+                // then the value alone is the request, and the last one.
+                done = true;
+                let rest = &body[start..];
+                syntax::go_scan(rest).and_then(|end| match serde_json::from_slice::<Value>(&rest[..end]) {
+                    Ok(v) => Req::from_value(&v),
+                    // What Go reads but serde does not (a lone surrogate) keeps serde's message.
+                    Err(_) => Err(e.to_string()),
+                })
+            }
             Err(e) => Err(e.to_string()),
         };
-        failed = item.is_err();
+        done |= item.is_err();
         Some(item)
     })
-}
-
-/// A gRPC message frame: uncompressed flag, big-endian length, the message.
-fn frame(m: &impl prost::Message) -> Vec<u8> {
-    let len = m.encoded_len();
-    let mut out = Vec::with_capacity(5 + len);
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(len).expect("request within the body limit").to_be_bytes());
-    m.encode(&mut out).expect("a Vec grows as needed");
-    out
 }
 
 /// Calls a gRPC method of the services in process with the given request frames.
@@ -304,20 +422,17 @@ fn error_response(status: &Status) -> Response {
     json_response(http_status(status.code()), Body::from(body.to_string()))
 }
 
+/// A successful answer: grpc-gateway passes the gRPC response's headers on as
+/// `Grpc-Metadata-*`, and a gRPC response always has its content type.
+fn answered(body: Body) -> Response {
+    let mut response = json_response(StatusCode::OK, body);
+    response.headers_mut().insert("grpc-metadata-content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
+
 fn json_response(code: StatusCode, body: Body) -> Response {
     let mut response = (code, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    // etcd's gateway allows any origin.
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("accept, content-type, authorization"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

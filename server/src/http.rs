@@ -1,27 +1,98 @@
 //! etcd's plain-HTTP endpoints on the client port: `/health`, `/version` and `/metrics`
-//! (Prometheus text, with etcd's metric names for what Keel measures).
+//! (Prometheus text, with etcd's metric names for what Keel measures), and what the port
+//! answers to any other HTTP request: CORS headers, preflights, unknown paths.
 
-use axum::extract::RawQuery;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{RawQuery, Request};
+use axum::http::{header, HeaderValue, Method, StatusCode, Version};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use axum::Router;
 use keel_core::pb::etcdserverpb::{AlarmType, RangeRequest};
 use runtime::node::NodeHandle;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use tower::ServiceExt;
 
-pub(crate) fn routes(grpc: Router, node: NodeHandle) -> Router {
-    let grpc = grpc.clone().merge(crate::gateway::routes(grpc));
-    grpc.merge(metrics_routes(node)).route("/version", get(version))
+/// Everything the client port serves: the gRPC services (`grpc`, which accept messages of up
+/// to `message_bytes_max`), the JSON gateway, `/version`, `/health` and `/metrics`.
+///
+/// As etcd's, the port hands gRPC requests (HTTP/2 with a gRPC content type) to the services
+/// and any other request to its HTTP handlers. Those are behind a permissive CORS layer: every
+/// answer allows any origin, and a preflight `OPTIONS` of any path answers 200 with no body.
+pub(crate) fn routes(grpc: Router, node: NodeHandle, message_bytes_max: usize) -> Router {
+    let http = crate::gateway::routes(grpc.clone(), message_bytes_max)
+        .merge(metrics_routes(node))
+        .route("/version", any(version))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(cors));
+    Router::new().fallback(move |request: Request| {
+        let to = if is_grpc(&request) { grpc.clone() } else { http.clone() };
+        async move { to.oneshot(request).await.unwrap_or_else(|never| match never {}) }
+    })
+}
+
+/// etcd's test for a gRPC request.
+fn is_grpc(request: &Request) -> bool {
+    request.version() == Version::HTTP_2
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.to_str().is_ok_and(|v| v.contains("application/grpc")))
+}
+
+async fn cors(request: Request, next: Next) -> Response {
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    response
+}
+
+/// An unknown path under the gateway's prefixes answers grpc-gateway's `Not Found`, any other
+/// one Go's `404 page not found`.
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path();
+    if crate::gateway::PREFIXES.iter().any(|p| path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    {
+        crate::gateway::text_response(StatusCode::NOT_FOUND)
+    } else {
+        crate::gateway::plain_text(StatusCode::NOT_FOUND, "404 page not found\n".to_string())
+    }
 }
 
 /// `/metrics` and `/health`: on the client port, and alone on `--listen-metrics-urls`.
+/// As etcd's, `/health` answers GET only and `/metrics` any method.
 pub(crate) fn metrics_routes(node: NodeHandle) -> Router {
     let n1 = node.clone();
-    Router::new()
-        .route("/health", get(move |RawQuery(query): RawQuery| health(n1.clone(), query)))
-        .route("/metrics", get(move || metrics(node.clone())))
+    let serve_health = move |method: Method, RawQuery(query): RawQuery| {
+        let node = n1.clone();
+        async move {
+            if method != Method::GET {
+                return get_only();
+            }
+            health(node, query).await.into_response()
+        }
+    };
+    Router::new().route("/health", any(serve_health)).route("/metrics", any(move || metrics(node.clone())))
+}
+
+/// Go's answer to another method than GET (HEAD included) where only GET is served.
+fn get_only() -> Response {
+    let mut response = crate::gateway::text_response(StatusCode::METHOD_NOT_ALLOWED);
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+    response
 }
 
 /// Unhealthy while a raised alarm is not excluded (`?exclude=NOSPACE`; the reason names the
@@ -74,8 +145,12 @@ fn go_float(v: i64) -> String {
 static HEALTH_SUCCESS: AtomicU64 = AtomicU64::new(0);
 static HEALTH_FAILURES: AtomicU64 = AtomicU64::new(0);
 
-async fn version() -> impl IntoResponse {
-    format!("{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}", crate::ETCD_VERSION)
+async fn version(method: Method) -> Response {
+    if method != Method::GET {
+        return get_only();
+    }
+    let body = format!("{{\"etcdserver\":\"{}\",\"etcdcluster\":\"3.5.0\"}}", crate::ETCD_VERSION);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Prometheus' text format, one metric family at a time.

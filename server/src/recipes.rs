@@ -19,13 +19,27 @@ use futures::Stream;
 use keel_core::mvcc::range::prefix_end;
 use keel_core::pb::keelpb::request::Op;
 use keel_core::state_machine::WriteResponse;
-use runtime::node::NodeHandle;
+use runtime::node::{NodeHandle, RequestError};
 use runtime::watch::{WatchSpec, WatchUpdate};
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
 pub const ELECTION_NO_LEADER: &str = "election: no leader";
 pub const ELECTION_NOT_LEADER: &str = "election: not leader";
+/// etcd's answer to a proclaim or resign without a leader key.
+const LEADER_NOT_PROVIDED: &str = "\"leader\" field must be provided";
+
+/// An error of the store as etcd's Lock and Election services pass it on: they are clients of
+/// the KV and Lease services, their client turns etcd's errors into plain ones, and gRPC sends
+/// those with code Unknown (the message stands).
+fn store_error(e: RequestError) -> Status {
+    let s = request_status(e);
+    if s.message().starts_with("etcdserver: ") {
+        Status::new(tonic::Code::Unknown, s.message())
+    } else {
+        s
+    }
+}
 
 fn owner_key(name: &[u8], lease: i64) -> Bytes {
     let mut k = name.to_vec();
@@ -60,7 +74,8 @@ pub(crate) struct Recipes {
 
 impl Recipes {
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
-        match crate::services::propose(&self.node, Op::Txn(t)).await.map_err(request_status)? {
+        let proposed = crate::services::propose(&self.node, Op::Txn(t)).await;
+        match proposed.map_err(store_error)? {
             WriteResponse::Txn(r) => Ok(r),
             other => Err(Status::internal(format!("txn answered with {other:?}"))),
         }
@@ -111,7 +126,7 @@ impl Recipes {
                     ..Default::default()
                 })
                 .await
-                .map_err(request_status)?;
+                .map_err(store_error)?;
             let header = resp.header.unwrap_or_default();
             let Some(pred) = resp.kvs.first() else { return Ok(header) };
             self.wait_event(pred.key.clone(), Bytes::new(), header.revision + 1, Some(EventType::Delete))
@@ -127,9 +142,9 @@ impl Recipes {
         start_rev: i64,
         kind: Option<EventType>,
     ) -> Result<(), Status> {
-        let (stream, mut rx) = self.node.watch_open().await.map_err(request_status)?;
+        let (stream, mut rx) = self.node.watch_open().await.map_err(store_error)?;
         let spec = WatchSpec { key, range_end: end, start_revision: start_rev, ..Default::default() };
-        self.node.watch_create(stream, 0, spec).await.map_err(request_status)?;
+        self.node.watch_create(stream, 0, spec).await.map_err(store_error)?;
         let result = loop {
             match rx.recv().await {
                 Some(WatchUpdate::Events { events, .. }) => {
@@ -160,7 +175,7 @@ impl Recipes {
                 ..Default::default()
             })
             .await
-            .map_err(request_status)?;
+            .map_err(store_error)?;
         Ok((resp.kvs.first().cloned(), resp.header.unwrap_or_default()))
     }
 }
@@ -215,6 +230,9 @@ impl Lock for Recipes {
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         crate::services::refuse_learner(&self.node)?;
         let key = request.into_inner().key;
+        if key.is_empty() {
+            return Err(Status::new(tonic::Code::Unknown, crate::errors::KEY_NOT_PROVIDED));
+        }
         match crate::services::propose(
             &self.node,
             Op::DeleteRange(DeleteRangeRequest { key, ..Default::default() }),
@@ -222,7 +240,7 @@ impl Lock for Recipes {
         .await
         {
             Ok(r) => Ok(Response::new(UnlockResponse { header: Some(header_of(&r)) })),
-            Err(e) => Err(request_status(e)),
+            Err(e) => Err(store_error(e)),
         }
     }
 }
@@ -264,7 +282,7 @@ impl Election for Recipes {
     ) -> Result<Response<ProclaimResponse>, Status> {
         crate::services::refuse_learner(&self.node)?;
         let req = request.into_inner();
-        let l = req.leader.ok_or_else(|| Status::invalid_argument(ELECTION_NOT_LEADER))?;
+        let l = req.leader.ok_or_else(|| Status::new(tonic::Code::Unknown, LEADER_NOT_PROVIDED))?;
         let header = self.proclaim_at(&l.key, l.rev, l.lease, req.value).await?;
         Ok(Response::new(ProclaimResponse { header: Some(header) }))
     }
@@ -312,7 +330,10 @@ impl Election for Recipes {
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         crate::services::refuse_learner(&self.node)?;
-        let l = request.into_inner().leader.ok_or_else(|| Status::invalid_argument(ELECTION_NOT_LEADER))?;
+        let l = request
+            .into_inner()
+            .leader
+            .ok_or_else(|| Status::new(tonic::Code::Unknown, LEADER_NOT_PROVIDED))?;
         let del = op(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
             key: l.key.clone(),
             ..Default::default()

@@ -85,7 +85,7 @@ impl Services {
             .add_service(LockServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ElectionServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max));
-        let http = crate::http::routes(grpc.into_axum_router(), node);
+        let http = crate::http::routes(grpc.into_axum_router(), node, max);
         tonic::transport::Server::builder().accept_http1(true).add_routes(tonic::service::Routes::from(http))
     }
 
@@ -411,8 +411,12 @@ impl Maintenance for Services {
         if s.leader != self.self_member.id {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
-        if target == self.self_member.id || !s.members.iter().any(|m| m.id == target && !m.is_learner) {
+        if !s.members.iter().any(|m| m.id == target && !m.is_learner) {
             return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+        }
+        // Like etcd, the answer carries no header; a move to the leader itself is done at once.
+        if target == self.self_member.id {
+            return Ok(Response::new(MoveLeaderResponse { header: None }));
         }
         self.node.transfer_leader(target).await.map_err(request_status)?;
         // The transfer finishes within an election timeout or is abandoned.
@@ -420,7 +424,7 @@ impl Maintenance for Services {
         loop {
             let s = self.node.status().await.map_err(request_status)?;
             if s.leader == target {
-                return Ok(Response::new(MoveLeaderResponse { header: Some(s.header) }));
+                return Ok(Response::new(MoveLeaderResponse { header: None }));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(Status::unavailable(

@@ -4,8 +4,11 @@
 //! accept a field under its `.proto` name or its lowerCamelCase JSON name, integers as numbers
 //! or strings, enums by name or number, and ignore unknown fields, as jsonpb does.
 
+use crate::pb::authpb::{permission, Permission, UserAddOptions};
 use crate::pb::etcdserverpb::*;
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
+use crate::pb::v3electionpb::*;
+use crate::pb::v3lockpb::*;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -83,6 +86,10 @@ impl Obj<'_> {
         self.get(name).map_or(Ok(0), |v| int(v, "uint64"))
     }
 
+    fn string(&self, name: &str) -> Result<String, String> {
+        self.get(name).map_or(Ok(String::new()), string)
+    }
+
     fn bool(&self, name: &str) -> Result<bool, String> {
         match self.get(name) {
             None => Ok(false),
@@ -127,6 +134,13 @@ fn decode_bytes(v: &Value) -> Result<Bytes, String> {
         }
         _ => format!("illegal base64 data at input byte {}", s.len()),
     })
+}
+
+fn string(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        v => Err(format!("json: cannot unmarshal {} into Go value of type string", go_kind(v))),
+    }
 }
 
 /// An integer from a JSON number or a decimal string.
@@ -176,6 +190,11 @@ impl Out {
 
     fn u64(self, name: &str, v: u64) -> Self {
         self.put(name, v != 0, || Value::String(v.to_string()))
+    }
+
+    /// 32-bit integers are JSON numbers.
+    fn u32(self, name: &str, v: u32) -> Self {
+        self.put(name, v != 0, || Value::from(v))
     }
 
     fn bool(self, name: &str, v: bool) -> Self {
@@ -341,12 +360,6 @@ impl FromJson for LeaseTimeToLiveRequest {
     }
 }
 
-impl FromJson for LeaseLeasesRequest {
-    fn from_json(_: &Obj<'_>) -> Result<Self, String> {
-        Ok(LeaseLeasesRequest {})
-    }
-}
-
 impl FromJson for WatchCreateRequest {
     fn from_json(o: &Obj<'_>) -> Result<Self, String> {
         use watch_create_request::FilterType;
@@ -373,12 +386,6 @@ impl FromJson for WatchCancelRequest {
     }
 }
 
-impl FromJson for WatchProgressRequest {
-    fn from_json(_: &Obj<'_>) -> Result<Self, String> {
-        Ok(WatchProgressRequest {})
-    }
-}
-
 impl FromJson for WatchRequest {
     fn from_json(o: &Obj<'_>) -> Result<Self, String> {
         use watch_request::RequestUnion;
@@ -390,12 +397,6 @@ impl FromJson for WatchRequest {
             o.message("progress_request")?.map(RequestUnion::ProgressRequest)
         };
         Ok(WatchRequest { request_union })
-    }
-}
-
-impl FromJson for StatusRequest {
-    fn from_json(_: &Obj<'_>) -> Result<Self, String> {
-        Ok(StatusRequest {})
     }
 }
 
@@ -418,6 +419,223 @@ impl FromJson for MemberListRequest {
         Ok(MemberListRequest { linearizable: o.bool("linearizable")? })
     }
 }
+
+impl FromJson for MemberAddRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(MemberAddRequest { peer_ur_ls: o.list("peerURLs", string)?, is_learner: o.bool("isLearner")? })
+    }
+}
+
+impl FromJson for MemberRemoveRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(MemberRemoveRequest { id: o.u64("ID")? })
+    }
+}
+
+impl FromJson for MemberUpdateRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(MemberUpdateRequest { id: o.u64("ID")?, peer_ur_ls: o.list("peerURLs", string)? })
+    }
+}
+
+impl FromJson for MemberPromoteRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(MemberPromoteRequest { id: o.u64("ID")? })
+    }
+}
+
+impl FromJson for MoveLeaderRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(MoveLeaderRequest { target_id: o.u64("targetID")? })
+    }
+}
+
+impl FromJson for DowngradeRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        use downgrade_request::DowngradeAction;
+        Ok(DowngradeRequest {
+            action: o.enumeration("action", "etcdserverpb.DowngradeRequest.DowngradeAction", |s| {
+                DowngradeAction::from_str_name(s).map(|e| e as i32)
+            })?,
+            version: o.string("version")?,
+        })
+    }
+}
+
+impl FromJson for AuthenticateRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthenticateRequest { name: o.string("name")?, password: o.string("password")? })
+    }
+}
+
+impl FromJson for UserAddOptions {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(UserAddOptions { no_password: o.bool("no_password")? })
+    }
+}
+
+impl FromJson for AuthUserAddRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthUserAddRequest {
+            name: o.string("name")?,
+            password: o.string("password")?,
+            options: o.message("options")?,
+            hashed_password: o.string("hashedPassword")?,
+        })
+    }
+}
+
+impl FromJson for AuthUserGetRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthUserGetRequest { name: o.string("name")? })
+    }
+}
+
+impl FromJson for AuthUserDeleteRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthUserDeleteRequest { name: o.string("name")? })
+    }
+}
+
+impl FromJson for AuthUserChangePasswordRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthUserChangePasswordRequest {
+            name: o.string("name")?,
+            password: o.string("password")?,
+            hashed_password: o.string("hashedPassword")?,
+        })
+    }
+}
+
+impl FromJson for AuthUserGrantRoleRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthUserGrantRoleRequest { user: o.string("user")?, role: o.string("role")? })
+    }
+}
+
+impl FromJson for AuthUserRevokeRoleRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthUserRevokeRoleRequest { name: o.string("name")?, role: o.string("role")? })
+    }
+}
+
+impl FromJson for AuthRoleAddRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthRoleAddRequest { name: o.string("name")? })
+    }
+}
+
+impl FromJson for AuthRoleGetRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthRoleGetRequest { role: o.string("role")? })
+    }
+}
+
+impl FromJson for AuthRoleDeleteRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthRoleDeleteRequest { role: o.string("role")? })
+    }
+}
+
+impl FromJson for Permission {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(Permission {
+            perm_type: o.enumeration("permType", "authpb.Permission.Type", |s| {
+                permission::Type::from_str_name(s).map(|e| e as i32)
+            })?,
+            key: o.bytes("key")?,
+            range_end: o.bytes("range_end")?,
+        })
+    }
+}
+
+impl FromJson for AuthRoleGrantPermissionRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthRoleGrantPermissionRequest { name: o.string("name")?, perm: o.message("perm")? })
+    }
+}
+
+impl FromJson for AuthRoleRevokePermissionRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(AuthRoleRevokePermissionRequest {
+            role: o.string("role")?,
+            key: o.bytes("key")?,
+            range_end: o.bytes("range_end")?,
+        })
+    }
+}
+
+impl FromJson for LockRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(LockRequest { name: o.bytes("name")?, lease: o.i64("lease")? })
+    }
+}
+
+impl FromJson for UnlockRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(UnlockRequest { key: o.bytes("key")? })
+    }
+}
+
+impl FromJson for CampaignRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(CampaignRequest { name: o.bytes("name")?, lease: o.i64("lease")?, value: o.bytes("value")? })
+    }
+}
+
+impl FromJson for LeaderKey {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(LeaderKey {
+            name: o.bytes("name")?,
+            key: o.bytes("key")?,
+            rev: o.i64("rev")?,
+            lease: o.i64("lease")?,
+        })
+    }
+}
+
+impl FromJson for LeaderRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(LeaderRequest { name: o.bytes("name")? })
+    }
+}
+
+impl FromJson for ResignRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(ResignRequest { leader: o.message("leader")? })
+    }
+}
+
+impl FromJson for ProclaimRequest {
+    fn from_json(o: &Obj<'_>) -> Result<Self, String> {
+        Ok(ProclaimRequest { leader: o.message("leader")?, value: o.bytes("value")? })
+    }
+}
+
+/// Requests without fields: any object (its fields are ignored) or nothing.
+macro_rules! empty_requests {
+    ($($t:ident),* $(,)?) => {$(
+        impl FromJson for $t {
+            fn from_json(_: &Obj<'_>) -> Result<Self, String> {
+                Ok($t {})
+            }
+        }
+    )*};
+}
+
+empty_requests!(
+    LeaseLeasesRequest,
+    WatchProgressRequest,
+    StatusRequest,
+    DefragmentRequest,
+    HashRequest,
+    SnapshotRequest,
+    AuthEnableRequest,
+    AuthDisableRequest,
+    AuthStatusRequest,
+    AuthUserListRequest,
+    AuthRoleListRequest,
+);
 
 // ---- Responses ----
 
@@ -603,12 +821,11 @@ impl ToJson for AlarmResponse {
 
 impl ToJson for Member {
     fn to_json(&self) -> Value {
-        let strings = |s: &String| Value::String(s.clone());
         Out::new()
             .u64("ID", self.id)
             .str("name", &self.name)
-            .list("peerURLs", &self.peer_ur_ls, strings)
-            .list("clientURLs", &self.client_ur_ls, strings)
+            .list("peerURLs", &self.peer_ur_ls, json_string)
+            .list("clientURLs", &self.client_ur_ls, json_string)
             .bool("isLearner", self.is_learner)
             .done()
     }
@@ -620,6 +837,174 @@ impl ToJson for MemberListResponse {
             .message("header", self.header.as_ref())
             .list("members", &self.members, Member::to_json)
             .done()
+    }
+}
+
+impl ToJson for MemberAddResponse {
+    fn to_json(&self) -> Value {
+        Out::new()
+            .message("header", self.header.as_ref())
+            .message("member", self.member.as_ref())
+            .list("members", &self.members, Member::to_json)
+            .done()
+    }
+}
+
+/// Responses of a header and the members.
+macro_rules! members_responses {
+    ($($t:ident),* $(,)?) => {$(
+        impl ToJson for $t {
+            fn to_json(&self) -> Value {
+                Out::new()
+                    .message("header", self.header.as_ref())
+                    .list("members", &self.members, Member::to_json)
+                    .done()
+            }
+        }
+    )*};
+}
+
+members_responses!(MemberRemoveResponse, MemberUpdateResponse, MemberPromoteResponse);
+
+/// Responses of a header alone.
+macro_rules! header_responses {
+    ($($t:ident),* $(,)?) => {$(
+        impl ToJson for $t {
+            fn to_json(&self) -> Value {
+                Out::new().message("header", self.header.as_ref()).done()
+            }
+        }
+    )*};
+}
+
+header_responses!(
+    DefragmentResponse,
+    MoveLeaderResponse,
+    AuthEnableResponse,
+    AuthDisableResponse,
+    AuthUserAddResponse,
+    AuthUserDeleteResponse,
+    AuthUserChangePasswordResponse,
+    AuthUserGrantRoleResponse,
+    AuthUserRevokeRoleResponse,
+    AuthRoleAddResponse,
+    AuthRoleDeleteResponse,
+    AuthRoleGrantPermissionResponse,
+    AuthRoleRevokePermissionResponse,
+    UnlockResponse,
+    ResignResponse,
+    ProclaimResponse,
+);
+
+impl ToJson for HashResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).u32("hash", self.hash).done()
+    }
+}
+
+impl ToJson for SnapshotResponse {
+    fn to_json(&self) -> Value {
+        Out::new()
+            .message("header", self.header.as_ref())
+            .u64("remaining_bytes", self.remaining_bytes)
+            .bytes("blob", &self.blob)
+            .str("version", &self.version)
+            .done()
+    }
+}
+
+impl ToJson for DowngradeResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).str("version", &self.version).done()
+    }
+}
+
+impl ToJson for AuthStatusResponse {
+    fn to_json(&self) -> Value {
+        Out::new()
+            .message("header", self.header.as_ref())
+            .bool("enabled", self.enabled)
+            .u64("authRevision", self.auth_revision)
+            .done()
+    }
+}
+
+impl ToJson for AuthenticateResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).str("token", &self.token).done()
+    }
+}
+
+/// A string as a JSON string.
+fn json_string<S: AsRef<str>>(s: &S) -> Value {
+    Value::String(s.as_ref().to_string())
+}
+
+impl ToJson for AuthUserGetResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).list("roles", &self.roles, json_string).done()
+    }
+}
+
+impl ToJson for AuthUserListResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).list("users", &self.users, json_string).done()
+    }
+}
+
+impl ToJson for AuthRoleListResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).list("roles", &self.roles, json_string).done()
+    }
+}
+
+impl ToJson for Permission {
+    fn to_json(&self) -> Value {
+        Out::new()
+            .enumeration("permType", self.perm_type, |v| {
+                permission::Type::try_from(v).ok().map(|e| e.as_str_name())
+            })
+            .bytes("key", &self.key)
+            .bytes("range_end", &self.range_end)
+            .done()
+    }
+}
+
+impl ToJson for AuthRoleGetResponse {
+    fn to_json(&self) -> Value {
+        Out::new()
+            .message("header", self.header.as_ref())
+            .list("perm", &self.perm, Permission::to_json)
+            .done()
+    }
+}
+
+impl ToJson for LockResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).bytes("key", &self.key).done()
+    }
+}
+
+impl ToJson for LeaderKey {
+    fn to_json(&self) -> Value {
+        Out::new()
+            .bytes("name", &self.name)
+            .bytes("key", &self.key)
+            .i64("rev", self.rev)
+            .i64("lease", self.lease)
+            .done()
+    }
+}
+
+impl ToJson for CampaignResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).message("leader", self.leader.as_ref()).done()
+    }
+}
+
+impl ToJson for LeaderResponse {
+    fn to_json(&self) -> Value {
+        Out::new().message("header", self.header.as_ref()).message("kv", self.kv.as_ref()).done()
     }
 }
 
