@@ -70,52 +70,6 @@ where
     })
 }
 
-/// Keys handed from the reading thread to the building one at a time, and batches in flight:
-/// bounds the memory between the two.
-const LOAD_BATCH_KEYS: usize = 4096;
-const LOAD_BATCHES_IN_FLIGHT: usize = 4;
-
-/// Builds the state machine from the ordered key stream on a second thread while this one
-/// reads and decodes the B-tree: a restart takes the longer of the two halves, not their sum.
-/// The order of keys, and so the result, is the same as building it in line.
-#[cfg(not(madsim))]
-fn restore_pipelined(
-    lease_config: LessorConfig,
-    state: &StateImage,
-    keys: impl Iterator<Item = (Bytes, KeyHistoryImage)>,
-) -> Result<StateMachine, String> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Bytes, KeyHistoryImage)>>(LOAD_BATCHES_IN_FLIGHT);
-    std::thread::scope(|scope| {
-        let builder =
-            scope.spawn(move || StateMachine::restore(lease_config, state, rx.into_iter().flatten()));
-        let mut batch = Vec::with_capacity(LOAD_BATCH_KEYS);
-        for kv in keys {
-            batch.push(kv);
-            if batch.len() == LOAD_BATCH_KEYS {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH_KEYS));
-                if tx.send(full).is_err() {
-                    break; // The builder stopped at a bad key: it has its answer.
-                }
-            }
-        }
-        if !batch.is_empty() {
-            let _ = tx.send(batch);
-        }
-        drop(tx);
-        builder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// Under the madsim simulator the node runs on one thread: the state machine is built in line.
-#[cfg(madsim)]
-fn restore_pipelined(
-    lease_config: LessorConfig,
-    state: &StateImage,
-    keys: impl Iterator<Item = (Bytes, KeyHistoryImage)>,
-) -> Result<StateMachine, String> {
-    StateMachine::restore(lease_config, state, keys)
-}
-
 /// The durable image on top of one B-tree file. Clones are handles on the same image, so a
 /// save can run on another thread while the node task goes on; every use takes its lock.
 pub struct Image<F: PageFile> {
@@ -295,7 +249,7 @@ impl<F: PageFile> Inner<F> {
             index: state.applied_index,
             term: state.applied_term,
         };
-        let restored = restore_pipelined(lease_config, &state, keys);
+        let restored = StateMachine::restore(lease_config, &state, keys);
         if let Some(e) = failure {
             return Err(e);
         }
@@ -498,13 +452,12 @@ mod tests {
         reads_back(file, &sm, index);
     }
 
-    /// A load reads the keys on one thread and builds the store on another, in batches: a
-    /// store of several batches, with long keys (stored by hash) merged into the order,
-    /// comes back the same, read for read.
+    /// A load reads the keys in one ordered pass, long keys (stored by hash) merged into the
+    /// order: the store comes back the same, read for read.
     #[test]
-    fn an_image_of_many_batches_loads_the_same_state() {
+    fn an_image_loads_the_same_state() {
         let mut sm = StateMachine::default();
-        let keys = 3 * LOAD_BATCH_KEYS + 17;
+        let keys = 12_345;
         for i in 0..keys as u64 {
             // Every 1000th key is long (over the B-tree's key bound): stored by its hash.
             let key = if i % 1000 == 7 { format!("k{i:06}{}", "x".repeat(1500)) } else { format!("k{i:06}") };
