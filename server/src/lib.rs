@@ -208,7 +208,12 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             #[cfg(not(madsim))]
             let served = svc
                 .router()
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), signal);
+                // TCP_NODELAY as tonic sets it when it binds the port itself: without it, small
+                // answers wait for Nagle and delayed ACKs (40 ms; linearizable gets fell to 0.2x).
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    signal,
+                );
             #[cfg(madsim)]
             let served = svc.router().serve_with_shutdown(addr, signal);
             served.await.map_err(|source| RunError::Listen { addr, source })
