@@ -254,6 +254,9 @@ pub struct NodeHandle {
     /// The image's pages in use, in bytes, as of the last save: read on every write that
     /// checks the quota, so it is kept here rather than asked of the node task.
     db_in_use: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes applied but not yet in the image (written since the last save began, plus what
+    /// the save in flight writes).
+    unsaved: Arc<std::sync::atomic::AtomicU64>,
     /// [`crate::image::Image::shrink`] on this member's image (the handle is not generic over
     /// the image's file type).
     shrink_image: ShrinkImage,
@@ -274,6 +277,13 @@ impl NodeHandle {
     /// Bytes of the image's pages in use as of its last save (or snapshot install).
     pub fn db_in_use_bytes(&self) -> u64 {
         self.db_in_use.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the database will hold once everything applied is saved, at most: the pages in use
+    /// plus the bytes applied since (saves run every `--snapshot-count` entries, so the pages
+    /// alone lag the applied state). The quota checks this.
+    pub fn db_size_estimate(&self) -> u64 {
+        self.db_in_use_bytes().saturating_add(self.unsaved.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Proposes a write and waits for it to apply, at most [`REQUEST_TIMEOUT`]; a timeout means
@@ -499,6 +509,10 @@ struct Driver<D: Dir, F: PageFile> {
     last_publish_tick: Option<u64>,
     /// Shared with the handles: see [`NodeHandle::db_in_use_bytes`].
     db_in_use: Arc<std::sync::atomic::AtomicU64>,
+    /// Shared with the handles: see [`NodeHandle::db_size_estimate`].
+    unsaved: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes the save in flight writes (counted until they are in the pages in use).
+    saving_bytes: u64,
 }
 
 /// Starts the node task on the current runtime. It runs until `shutdown` turns true or the WAL
@@ -512,6 +526,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
     let (reports_tx, mut reports_rx) = mpsc::channel(SNAPSHOT_REPORTS_MAX);
     let (members_tx, members) = watch::channel(Arc::new(MembersView::default()));
     let db_in_use = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let unsaved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let image = recovered.storage.image.clone();
     let shrink_image: ShrinkImage =
         Arc::new(move |steps, pages| image.shrink(steps, pages).map_err(|e| e.to_string()));
@@ -521,6 +536,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         cluster_id: cfg.cluster_id,
         members,
         db_in_use: db_in_use.clone(),
+        unsaved: unsaved.clone(),
         shrink_image,
     };
     let cfg_tick_ms = cfg.tick.as_millis() as u64;
@@ -551,6 +567,8 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         snapshot_reports: SnapshotReports(reports_tx),
         last_publish_tick: None,
         db_in_use,
+        unsaved,
+        saving_bytes: 0,
     };
     d.refresh_db_in_use();
     d.membership_changed();
@@ -802,6 +820,7 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             return Ok(());
         }
         maybe_checkpoint(&mut self.node, &mut self.storage, &mut self.sm, 1).map_err(|e| e.to_string())?;
+        self.refresh_db_in_use();
         let image = match self.storage.image.full() {
             Ok((image, meta)) => {
                 Ok(StateSnapshot { header: self.header(), applied_index: meta.index, image })
@@ -1063,6 +1082,7 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                 self.membership_changed();
             }
         }
+        self.refresh_unsaved();
         self.start_save();
         Ok(())
     }
@@ -1076,10 +1096,12 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             return;
         }
         let image_index = self.storage.image.index();
+        let unsaved = self.sm.store.unsaved_bytes();
         let Some(job) = begin_checkpoint(&self.node, &mut self.sm, image_index, self.cfg.snapshot_count)
         else {
             return;
         };
+        self.saving_bytes = unsaved;
         let image = self.storage.image.clone();
         let meta = job.meta.clone();
         let (tx, rx) = oneshot::channel();
@@ -1110,6 +1132,7 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             Ok(Err(e)) => return Err(format!("saving the state image failed: {e}")),
             Err(_) => return Err("the state image save was lost".to_string()),
         };
+        self.saving_bytes = 0;
         self.refresh_db_in_use();
         finish_checkpoint(&mut self.node, &mut self.storage.wal, &meta).map_err(|e| e.to_string())
     }
@@ -1119,7 +1142,14 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
         let stats = self.storage.image.with_db(|db| db.stats());
         let bytes = (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64;
         self.db_in_use.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.refresh_unsaved();
         bytes
+    }
+
+    /// Shares the bytes applied but not yet in the image's pages.
+    fn refresh_unsaved(&self) {
+        let unsaved = self.saving_bytes + self.sm.store.unsaved_bytes();
+        self.unsaved.store(unsaved, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Answers the proposer of an applied membership change; notes this member's removal.

@@ -156,14 +156,15 @@ impl Services {
     /// etcd's quota check before a put, transaction or lease grant of `cost`: if the database
     /// and the cost would reach the quota, this member raises the NOSPACE alarm (through the
     /// log, so every member refuses writes that could grow the database from then on) and the
-    /// request fails. The size is the image's pages in use: Keel's file reuses freed pages (and
-    /// gives them back on a defrag), so after a compaction the pages in use are what etcd's
-    /// file is after a defrag.
+    /// request fails. The size is the image's pages in use plus the bytes applied since its last
+    /// save ([`NodeHandle::db_size_estimate`]): Keel's file reuses freed pages (and gives them
+    /// back on a defrag), so after a compaction the pages in use are what etcd's file is after
+    /// a defrag.
     async fn check_quota(&self, cost: u64) -> Result<(), Status> {
         if self.quota_bytes.is_none() {
             return Ok(());
         }
-        if keel_core::quota::available(self.node.db_in_use_bytes(), cost, self.quota_bytes) {
+        if keel_core::quota::available(self.node.db_size_estimate(), cost, self.quota_bytes) {
             return Ok(());
         }
         let raise = AlarmRequest {

@@ -54,7 +54,14 @@ pub struct Store {
     /// Keys whose history changed since the last [`Store::take_dirty`]: what the next image
     /// update must rewrite. At most every key.
     dirty: std::collections::BTreeSet<Bytes>,
+    /// Bytes of the versions written since the last [`Store::take_dirty`] (keys, values and a
+    /// per-version overhead): what the next image save will add at most, for the quota.
+    unsaved_bytes: u64,
 }
+
+/// What one version costs in the image beyond its key and value (revisions, version, lease and
+/// framing), for [`Store::unsaved_bytes`].
+pub const VERSION_OVERHEAD_BYTES: u64 = 48;
 
 impl Default for Store {
     fn default() -> Self {
@@ -278,12 +285,20 @@ impl Store {
             events: Vec::new(),
             leases: Default::default(),
             dirty: Default::default(),
+            unsaved_bytes: 0,
         }
     }
 
     /// The keys whose history changed since the last call, leaving none behind.
     pub fn take_dirty(&mut self) -> std::collections::BTreeSet<Bytes> {
+        self.unsaved_bytes = 0;
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Bytes written since the last [`Store::take_dirty`]: an upper bound of what the next
+    /// image save adds (a key rewritten many times counts each time).
+    pub fn unsaved_bytes(&self) -> u64 {
+        self.unsaved_bytes
     }
 
     /// Key `key`'s history as an image stores it, or `None` if it has none left.
@@ -363,6 +378,7 @@ impl Store {
             events: Vec::new(),
             leases: leases.collect(),
             dirty: Default::default(),
+            unsaved_bytes: 0,
         })
     }
 
@@ -560,6 +576,7 @@ impl Store {
         for e in &self.events {
             if let Some(kv) = &e.kv {
                 self.dirty.insert(kv.key.clone());
+                self.unsaved_bytes += (kv.key.len() + kv.value.len()) as u64 + VERSION_OVERHEAD_BYTES;
             }
         }
         std::mem::take(&mut self.events)
