@@ -364,6 +364,16 @@ fn db_size(bins: &jepsen::EtcdBins, server: &Server) -> u64 {
 /// The script of the defrag test: big values put, deleted and compacted away, then `etcdctl
 /// defrag`. Returns DB SIZE with the values in, before the defrag, and after it.
 fn fill_delete_compact_defrag(bins: &jepsen::EtcdBins, server: &Server) -> (u64, u64, u64) {
+    fill_delete_compact_defrag_steps(bins, server, true)
+}
+
+/// [`fill_delete_compact_defrag`], with the last defrag left to the caller when `defrag` is
+/// false (the third figure is then the size before it).
+fn fill_delete_compact_defrag_steps(
+    bins: &jepsen::EtcdBins,
+    server: &Server,
+    defrag: bool,
+) -> (u64, u64, u64) {
     use server::pb::etcdserverpb::kv_client::KvClient;
     use server::pb::etcdserverpb::PutRequest;
     let keys = 1500u32;
@@ -388,6 +398,9 @@ fn fill_delete_compact_defrag(bins: &jepsen::EtcdBins, server: &Server) -> (u64,
     let out = etcdctl(&bins.etcdctl, &server.endpoint(), &["compaction", &(revision + 1).to_string()]);
     assert_eq!(out.code, 0, "{out:?}");
     let before = db_size(bins, server);
+    if !defrag {
+        return (full, before, before);
+    }
     let out = etcdctl(&bins.etcdctl, &server.endpoint(), &["defrag"]);
     assert_eq!(out.code, 0, "{out:?}");
     (full, before, db_size(bins, server))
@@ -408,4 +421,74 @@ fn defrag_after_delete_and_compaction_shrinks_the_file_like_etcd() {
     assert_eq!(etcdctl(&pair.bins.etcdctl, &pair.keel.endpoint(), &["put", "after", "defrag"]).code, 0);
     let out = etcdctl(&pair.bins.etcdctl, &pair.keel.endpoint(), &["get", "after", "--print-value-only"]);
     assert_eq!(out.stdout.trim(), "defrag");
+}
+
+/// A defrag shrinks the file in steps while writes go on: a writer keeps putting (with image
+/// saves every 50 entries, so saves and shrink steps interleave) before, during and after
+/// `etcdctl defrag`; no put fails, every acknowledged one is there afterwards, and the file
+/// shrank.
+#[test]
+fn writes_go_on_while_the_file_shrinks() {
+    use server::pb::etcdserverpb::kv_client::KvClient;
+    use server::pb::etcdserverpb::{PutRequest, RangeRequest};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let bins = jepsen::provision();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let spec = common::spec(&dir.path().join("keel"), "defrag", &peer);
+    let keel = Server::start_with(
+        "keel",
+        &common::keel_bin(),
+        spec,
+        &["--snapshot-count=50".to_string()],
+        &bins.etcdctl,
+    );
+    let (_, before, _) = fill_delete_compact_defrag_steps(&bins, &keel, false);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let progress = std::sync::Arc::new(AtomicU32::new(0));
+    let writer = {
+        let (endpoint, stop, progress) = (keel.endpoint(), stop.clone(), progress.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let mut c = KvClient::connect(endpoint).await.unwrap();
+                let mut acked = 0u32;
+                while !stop.load(Ordering::Relaxed) || acked < 200 {
+                    let put = PutRequest {
+                        key: format!("live/{acked:06}").into_bytes().into(),
+                        value: vec![b'v'; 4_000].into(),
+                        ..Default::default()
+                    };
+                    c.put(put).await.unwrap_or_else(|e| panic!("put {acked} during the defrag: {e}"));
+                    acked += 1;
+                    progress.store(acked, Ordering::Relaxed);
+                }
+                acked
+            })
+        })
+    };
+    while progress.load(Ordering::Relaxed) < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let started = progress.load(Ordering::Relaxed);
+    let out = etcdctl(&bins.etcdctl, &keel.endpoint(), &["defrag"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let during = progress.load(Ordering::Relaxed) - started;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.join().unwrap();
+    let count = runtime().block_on(async {
+        let mut c = KvClient::connect(keel.endpoint()).await.unwrap();
+        let all = RangeRequest {
+            key: "live/".into(),
+            range_end: "live0".into(),
+            count_only: true,
+            ..Default::default()
+        };
+        c.range(all).await.unwrap().into_inner().count
+    });
+    assert_eq!(count, i64::from(acked), "every acknowledged put is there");
+    let after = db_size(&bins, &keel);
+    eprintln!(
+        "{acked} puts, {during} of them acknowledged while the defrag ran; DB SIZE {before} -> {after}"
+    );
+    assert!(after * 2 < before, "the file shrank: {before} -> {after}");
 }
