@@ -224,6 +224,10 @@ enum Command {
     Snapshot {
         reply: oneshot::Sender<Result<StateSnapshot, RequestError>>,
     },
+    /// The image brought up to the applied state (a checkpoint), without reading it.
+    Checkpoint {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
 }
 
 /// The state machine's whole image (an encoded `keelpb.FullImage`) as of `header`, for
@@ -272,6 +276,9 @@ const DEFRAG_PAGES_PER_STEP: usize = 256;
 /// A bound on a defragment's calls, far above what any file needs (each step moves up to
 /// 1 MiB): shrinking ends on its own, this only keeps a bug from looping forever.
 const DEFRAG_CALLS_MAX: usize = 1 << 20;
+/// Calls in a row without the file or its high-water mark going down after which a defragment
+/// ends (what is left stays in the file).
+const DEFRAG_STALLED_CALLS_MAX: u32 = 64;
 
 impl NodeHandle {
     /// Bytes of the image's pages in use as of its last save (or snapshot install).
@@ -403,13 +410,25 @@ impl NodeHandle {
         }
     }
 
-    /// Gives the image file's free pages back to the file system (etcd's defragment), in
-    /// bounded steps on a blocking thread, off the node task. Each step holds the image's lock
-    /// for one B-tree commit, so saves (and so writes) go on between them. Returns the file's
-    /// pages before and after. An error is the B-tree's: the image then refuses further saves,
-    /// which stops the node.
+    /// Brings the image up to the applied state (a checkpoint on the node task, after any save
+    /// in flight), then gives the file's free pages back to the file system (etcd's
+    /// defragment) in bounded steps on a blocking thread, off the node task. Each step holds
+    /// the image's lock for one B-tree commit, so saves (and so writes) go on between them; a
+    /// step moving pages of large values can hold it longer. Returns the file's pages before
+    /// and after. A failed commit poisons the image (the next save fails and stops the node);
+    /// other errors (a truncation's I/O) leave it usable.
     pub async fn defragment(&self) -> Result<(u64, u64), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Checkpoint { reply }).await.map_err(|_| RequestError::Stopped.to_string())?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r.map_err(|e| e.to_string())?,
+            Ok(Err(_)) => return Err(RequestError::Stopped.to_string()),
+            Err(_) => return Err(RequestError::Timeout.to_string()),
+        }
         let mut first = None;
+        // Calls since the file or its high-water mark last went down: shrinking that stops
+        // making progress ends instead of running to the bound.
+        let (mut lowest, mut stalled) = (u64::MAX, 0);
         for _ in 0..DEFRAG_CALLS_MAX {
             let shrink = self.shrink_image.clone();
             let work = move || shrink(DEFRAG_STEPS_PER_CALL, DEFRAG_PAGES_PER_STEP);
@@ -426,6 +445,16 @@ impl NodeHandle {
                     "defragmented the state image"
                 );
                 return Ok((before, p.file_pages));
+            }
+            let reached = p.page_count.min(p.file_pages);
+            if reached < lowest {
+                (lowest, stalled) = (reached, 0);
+            } else {
+                stalled += 1;
+                if stalled >= DEFRAG_STALLED_CALLS_MAX {
+                    tracing::warn!(pages = p.file_pages, "defragment stopped: the file no longer shrinks");
+                    return Ok((before, p.file_pages));
+                }
             }
         }
         Err("defragment did not finish".to_string())
@@ -501,6 +530,8 @@ struct Driver<D: Dir, F: PageFile> {
     ticks_per_second: u64,
     /// Snapshot requests, served after the batch's Ready by one save of the image.
     snapshot_waiters: Vec<oneshot::Sender<Result<StateSnapshot, RequestError>>>,
+    /// Checkpoint requests (a defragment's first step), served with the snapshot requests.
+    checkpoint_waiters: Vec<oneshot::Sender<Result<(), RequestError>>>,
     /// The image save in flight (at most one), answering with the point it reached.
     saving: Option<oneshot::Receiver<Result<SnapshotMetadata, String>>>,
     /// Handed to each peer sender, to report how the snapshots it sends end.
@@ -563,6 +594,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         ticks: 0,
         ticks_per_second: (1000 / cfg_tick_ms.max(1)).max(1),
         snapshot_waiters: Vec::new(),
+        checkpoint_waiters: Vec::new(),
         saving: None,
         snapshot_reports: SnapshotReports(reports_tx),
         last_publish_tick: None,
@@ -772,6 +804,13 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                     self.snapshot_waiters.push(reply);
                 }
             }
+            Command::Checkpoint { reply } => {
+                if self.checkpoint_waiters.len() >= PENDING_SNAPSHOTS_MAX {
+                    let _ = reply.send(Err(RequestError::TooManyRequests));
+                } else {
+                    self.checkpoint_waiters.push(reply);
+                }
+            }
             Command::LeaseKeepAlive { id, reply } => {
                 let now = self.now_ms();
                 let renewed = crate::ready::renew_lease(&self.node, &mut self.sm, id, now);
@@ -816,11 +855,23 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
     /// the log's snapshot point stay equal), then the image is read once for all of them. A
     /// storage failure stops the node, as in [`Self::drain_ready`].
     fn serve_snapshots(&mut self) -> Result<(), String> {
-        if self.snapshot_waiters.is_empty() {
+        if self.snapshot_waiters.is_empty() && self.checkpoint_waiters.is_empty() {
+            return Ok(());
+        }
+        // Not while a save is in flight: a checkpoint taken now would reach the image first
+        // and the older save, holding keys changed before it, would then be dropped as stale.
+        // The waiters are served once that save is in (the loop comes back here after it).
+        if self.saving.is_some() {
             return Ok(());
         }
         maybe_checkpoint(&mut self.node, &mut self.storage, &mut self.sm, 1).map_err(|e| e.to_string())?;
         self.refresh_db_in_use();
+        for reply in self.checkpoint_waiters.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+        if self.snapshot_waiters.is_empty() {
+            return Ok(());
+        }
         let image = match self.storage.image.full() {
             Ok((image, meta)) => {
                 Ok(StateSnapshot { header: self.header(), applied_index: meta.index, image })
@@ -1092,7 +1143,8 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
     /// the changed keys' histories; the B-tree commit happens elsewhere, and
     /// [`Self::finish_save`] follows when it is durable.
     fn start_save(&mut self) {
-        if self.saving.is_some() {
+        // Waiting snapshot or checkpoint requests take the next checkpoint in line instead.
+        if self.saving.is_some() || !self.snapshot_waiters.is_empty() || !self.checkpoint_waiters.is_empty() {
             return;
         }
         let image_index = self.storage.image.index();
@@ -1141,8 +1193,10 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
     fn refresh_db_in_use(&self) -> u64 {
         let stats = self.storage.image.with_db(|db| db.stats());
         let bytes = (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64;
-        self.db_in_use.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        // The unsaved bytes first: a reader in between counts the save just in once, or not yet
+        // (never twice, which could raise NOSPACE for nothing).
         self.refresh_unsaved();
+        self.db_in_use.store(bytes, std::sync::atomic::Ordering::Relaxed);
         bytes
     }
 

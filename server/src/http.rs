@@ -96,7 +96,7 @@ fn get_only() -> Response {
 }
 
 /// Unhealthy while a raised alarm is not excluded (`?exclude=NOSPACE`; the reason names the
-/// last one, as etcd's does), then while there is no leader.
+/// first one, as etcd's does), then while there is no leader.
 async fn health(node: NodeHandle, query: Option<String>) -> impl IntoResponse {
     // etcd writes an unhealthy answer as an HTTP error, which ends with a newline.
     let json = |healthy: bool, reason: &str| {
@@ -109,7 +109,7 @@ async fn health(node: NodeHandle, query: Option<String>) -> impl IntoResponse {
         s.alarms
             .iter()
             .filter_map(|a| AlarmType::try_from(a.alarm).ok())
-            .rfind(|t| !excluded.contains(&t.as_str_name()))
+            .find(|t| !excluded.contains(&t.as_str_name()))
     };
     let answer = match node.status().await {
         Ok(s) if alarm(&s).is_some() => {

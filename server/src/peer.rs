@@ -45,12 +45,25 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Bound on a snapshot's data: the receiver refuses a stream that says or sends more.
 pub const SNAPSHOT_BYTES_MAX: u64 = 16 << 30;
-/// How long one snapshot stream may take before the sender gives up (and Raft sends again).
+/// How long one snapshot stream may take before the sender gives up (and Raft sends again):
+/// this much, plus a second per MiB of image.
 const SNAPSHOT_STREAM_TIMEOUT: Duration = Duration::from_secs(600);
+/// Snapshot streams a member receives at once (others are refused, and their senders retry).
+const SNAPSHOTS_RECEIVING_MAX: usize = 1;
+/// How long the receiver waits for the next chunk of a snapshot before dropping the stream.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub(crate) struct PeerService {
     pub(crate) node: NodeHandle,
+    /// Permits for snapshot streams being received ([`SNAPSHOTS_RECEIVING_MAX`]).
+    pub(crate) snapshots: Arc<tokio::sync::Semaphore>,
+}
+
+impl PeerService {
+    pub(crate) fn new(node: NodeHandle) -> PeerService {
+        PeerService { node, snapshots: Arc::new(tokio::sync::Semaphore::new(SNAPSHOTS_RECEIVING_MAX)) }
+    }
 }
 
 #[tonic::async_trait]
@@ -84,20 +97,39 @@ impl Raft for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendResponse>, Status> {
+        // One image in memory at a time: another sender waits for its next try.
+        let Ok(_permit) = self.snapshots.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted("keel: already receiving a snapshot"));
+        };
         let mut stream = request.into_inner();
         let mut assembly = SnapshotAssembly::default();
+        let mut checked = false;
         let message = loop {
-            let Some(chunk) = stream.message().await? else {
+            let next = tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| Status::deadline_exceeded("keel: no snapshot chunk for 30 s"))??;
+            let Some(chunk) = next else {
                 return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
             };
-            if let Some(m) = assembly.push(chunk).map_err(Status::invalid_argument)? {
+            let done = assembly.push(chunk).map_err(Status::invalid_argument)?;
+            // Who sends it, and to whom, is known from the first chunk: refuse before buffering.
+            if !checked {
+                let (from, to) = assembly.sender_and_receiver().expect("the first chunk carries the message");
+                if self.node.members().borrow().removed.contains(&from) {
+                    return Err(Status::failed_precondition(REMOVED));
+                }
+                if to != self.node.member_id {
+                    return Err(Status::invalid_argument(format!(
+                        "snapshot for member {to:x}, not this one"
+                    )));
+                }
+                checked = true;
+            }
+            if let Some(m) = done {
                 break m;
             }
         };
         runtime::metrics::peer_received(message.from, message.encoded_len() as u64);
-        if self.node.members().borrow().removed.contains(&message.from) {
-            return Err(Status::failed_precondition(REMOVED));
-        }
         let index = message.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
         tracing::info!(from = %format!("{:x}", message.from), index, bytes = assembly.received, "received a snapshot");
         self.node.step(vec![message]).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
@@ -176,7 +208,7 @@ pub(crate) async fn forward_promote(leader_url: &str, id: u64) -> Result<Vec<Mem
 /// The peer service, ready to serve (its type differs under the simulator, hence a macro).
 macro_rules! peer_server {
     ($node:expr) => {
-        $crate::pb::keelpb::raft_server::RaftServer::new($crate::peer::PeerService { node: $node })
+        $crate::pb::keelpb::raft_server::RaftServer::new($crate::peer::PeerService::new($node))
             .max_decoding_message_size($crate::peer::PEER_MESSAGE_BYTES_MAX)
     };
 }
@@ -186,12 +218,19 @@ pub(crate) use peer_server;
 #[derive(Default)]
 struct SnapshotAssembly {
     message: Option<Message>,
+    /// The message's sender and receiver, once the first chunk is in.
+    from_to: Option<(u64, u64)>,
     total: u64,
     received: u64,
     data: BytesMut,
 }
 
 impl SnapshotAssembly {
+    /// The snapshot's sender and receiver, once the first chunk has been taken.
+    fn sender_and_receiver(&self) -> Option<(u64, u64)> {
+        self.from_to
+    }
+
     /// Takes the next chunk; returns the whole message (with its data) after the last one, or
     /// why the stream is refused.
     fn push(&mut self, chunk: SnapshotChunk) -> Result<Option<Message>, String> {
@@ -208,8 +247,9 @@ impl SnapshotAssembly {
                     ));
                 }
                 self.total = chunk.total_bytes;
+                self.from_to = Some((m.from, m.to));
                 // Grows as the data comes: the size the sender claims is not trusted up front.
-                self.data.reserve(chunk.total_bytes.min(SNAPSHOT_CHUNK_BYTES as u64 * 64) as usize);
+                self.data.reserve(chunk.total_bytes.min(SNAPSHOT_CHUNK_BYTES as u64) as usize);
                 self.message = Some(m);
             }
             (false, None) => return Err("a snapshot stream must start with its message".into()),
@@ -269,10 +309,12 @@ fn snapshot_chunks(mut m: Message) -> Vec<SnapshotChunk> {
 
 /// Streams one snapshot to `url` on a connection of its own.
 async fn stream_snapshot(url: &str, m: Message) -> Result<(), Status> {
+    let mib = m.snapshot.as_ref().map_or(0, |s| s.data.len() as u64) >> 20;
+    let timeout = SNAPSHOT_STREAM_TIMEOUT + Duration::from_secs(mib);
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(SNAPSHOT_STREAM_TIMEOUT);
+        .timeout(timeout);
     let ch = endpoint.connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
     let mut client = RaftClient::new(ch).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     client.send_snapshot(futures::stream::iter(snapshot_chunks(m))).await?;
@@ -325,6 +367,17 @@ fn send_snapshot(
     }));
 }
 
+/// A sender that stops reports every snapshot still queued as failed: the node handed them
+/// over and waits for their outcome (the follower stays paused until then).
+async fn fail_queued_snapshots(peer: u64, mut rx: mpsc::Receiver<Message>, reports: &SnapshotReports) {
+    rx.close();
+    while let Ok(m) = rx.try_recv() {
+        if m.msg_type == MessageType::MsgSnap as i32 {
+            reports.report(peer, true).await;
+        }
+    }
+}
+
 async fn sender(
     peer: u64,
     url: String,
@@ -358,7 +411,7 @@ async fn sender(
                 Ok(e) => e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(5)),
                 Err(e) => {
                     tracing::error!(peer = %format!("{peer:x}"), %url, error = %e, "bad peer URL");
-                    return;
+                    return fail_queued_snapshots(peer, rx, &reports).await;
                 }
             };
             match endpoint.connect().await {
@@ -382,7 +435,7 @@ async fn sender(
             if e.code() == tonic::Code::FailedPrecondition && e.message() == REMOVED {
                 tracing::warn!(peer = %format!("{peer:x}"), "{REMOVED}");
                 on_removed();
-                return;
+                return fail_queued_snapshots(peer, rx, &reports).await;
             }
             tracing::debug!(peer = %format!("{peer:x}"), error = %e, "peer send failed");
             client = None;
