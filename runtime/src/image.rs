@@ -74,11 +74,32 @@ where
 /// save can run on another thread while the node task goes on; every use takes its lock.
 pub struct Image<F: PageFile> {
     inner: Arc<Mutex<Inner<F>>>,
+    /// Figures the node task reads often, kept outside the lock: a save or a defragment's step
+    /// can hold the lock for a long time, and the node task must not wait on it to tick.
+    figures: Arc<Figures>,
+}
+
+/// The image's index and sizes as of its last change (see [`Image`]).
+#[derive(Default)]
+struct Figures {
+    index: std::sync::atomic::AtomicU64,
+    file_bytes: std::sync::atomic::AtomicU64,
+    used_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Figures {
+    fn publish<F: PageFile>(&self, inner: &Inner<F>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = inner.db.stats();
+        self.index.store(inner.index, Relaxed);
+        self.file_bytes.store(stats.file_bytes, Relaxed);
+        self.used_bytes.store(stats.used_pages * crate::btree::PAGE_BYTES as u64, Relaxed);
+    }
 }
 
 impl<F: PageFile> Clone for Image<F> {
     fn clone(&self) -> Self {
-        Image { inner: self.inner.clone() }
+        Image { inner: self.inner.clone(), figures: self.figures.clone() }
     }
 }
 
@@ -125,7 +146,10 @@ impl SaveJob {
 
 impl<F: PageFile> Image<F> {
     pub fn open(file: F) -> Result<Self, ImageError> {
-        Ok(Image { inner: Arc::new(Mutex::new(Inner::open(file)?)) })
+        let inner = Inner::open(file)?;
+        let figures = Arc::new(Figures::default());
+        figures.publish(&inner);
+        Ok(Image { inner: Arc::new(Mutex::new(inner)), figures })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<F>> {
@@ -133,9 +157,10 @@ impl<F: PageFile> Image<F> {
         self.inner.lock().expect("the state image's lock is poisoned")
     }
 
-    /// The applied index the image on disk stands for (0 when there is none).
+    /// The applied index the image on disk stands for (0 when there is none). Never waits for
+    /// the lock.
     pub fn index(&self) -> u64 {
-        self.lock().index
+        self.figures.index.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads the image back into a state machine, or `None` for an empty file.
@@ -152,7 +177,10 @@ impl<F: PageFile> Image<F> {
     /// snapshot was installed meanwhile) is dropped: returns whether it was written. A failure
     /// leaves the image as it was, but the job's changes are lost, so the caller must stop.
     pub fn apply(&self, job: SaveJob) -> Result<bool, ImageError> {
-        self.lock().apply(job)
+        let mut inner = self.lock();
+        let result = inner.apply(job);
+        self.figures.publish(&inner);
+        result
     }
 
     /// The whole image as one message (a Raft snapshot's data) and the snapshot point it
@@ -164,7 +192,10 @@ impl<F: PageFile> Image<F> {
     /// Replaces the image with a leader's (a Raft snapshot's data), durably, and returns the
     /// state machine it stands for.
     pub fn install(&self, data: &[u8], lease_config: LessorConfig) -> Result<Loaded, ImageError> {
-        self.lock().install(data, lease_config)
+        let mut inner = self.lock();
+        let result = inner.install(data, lease_config);
+        self.figures.publish(&inner);
+        result
     }
 
     /// Gives free space back to the file system: runs up to `steps` steps of
@@ -175,7 +206,12 @@ impl<F: PageFile> Image<F> {
         assert!(steps > 0);
         let mut progress = None;
         for _ in 0..steps {
-            let p = self.lock().db.shrink_step(pages_per_step)?;
+            let p = {
+                let mut inner = self.lock();
+                let p = inner.db.shrink_step(pages_per_step);
+                self.figures.publish(&inner);
+                p?
+            };
             progress = Some(p);
             if p.done {
                 break;
@@ -186,7 +222,13 @@ impl<F: PageFile> Image<F> {
 
     /// Bytes the image file occupies.
     pub fn file_bytes(&self) -> u64 {
-        self.lock().db.stats().file_bytes
+        self.figures.file_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of the file's pages in use (neither free nor past the high-water mark), as of the
+    /// image's last change. Never waits for the lock.
+    pub fn used_bytes(&self) -> u64 {
+        self.figures.used_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` on the B-tree (for statistics and benchmarks).

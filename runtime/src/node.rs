@@ -1189,10 +1189,9 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
         finish_checkpoint(&mut self.node, &mut self.storage.wal, &meta).map_err(|e| e.to_string())
     }
 
-    /// Reads the image's pages in use and shares the figure with the handles.
+    /// Reads the image's pages in use (without its lock) and shares the figure with the handles.
     fn refresh_db_in_use(&self) -> u64 {
-        let stats = self.storage.image.with_db(|db| db.stats());
-        let bytes = (stats.page_count - stats.free_pages) * crate::btree::PAGE_BYTES as u64;
+        let bytes = self.storage.image.used_bytes();
         // The unsaved bytes first: a reader in between counts the save just in once, or not yet
         // (never twice, which could raise NOSPACE for nothing).
         self.refresh_unsaved();
