@@ -139,6 +139,18 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         cluster_id,
         snapshot_count: config.snapshot_count,
     };
+    // The client ports are bound before the node starts (as etcd binds its listeners first): a
+    // port that cannot be had stops the start with nothing running.
+    #[cfg(not(madsim))]
+    let mut client_listeners = Vec::new();
+    #[cfg(not(madsim))]
+    for &addr in &resolved.client_addrs {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        client_listeners.push(listener);
+    }
+    #[cfg(not(madsim))]
+    let mut client_listeners = client_listeners.into_iter();
     let (handle, node_task) = node::spawn(recovered, driver, shutdown.clone());
     let quota_bytes = backend_quota(config.quota_backend_bytes);
     let self_member = Member {
@@ -186,10 +198,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         let signal = stopped(shutdown.clone());
         let mut members = handle.members();
         let me = self_member.clone();
-        // The port is bound at once (connections wait in its backlog until this member serves).
+        // The port is bound already (connections wait in its backlog until this member serves).
         #[cfg(not(madsim))]
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        let listener = client_listeners.next().expect("one listener per client address");
         servers.push(tokio::spawn(async move {
             // As etcd does, serve clients only once this member's name and client URLs are in
             // the applied membership (published through Raft at start, or already there from
