@@ -87,6 +87,8 @@ pub struct Model {
     pub outcomes: HashMap<u64, Outcome>,
 }
 
+/// etcd's range rule, written again on purpose rather than taken from `keel_core::mvcc::range`:
+/// the model is the oracle, so a mistake there must show up as a difference, not be shared.
 fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     if end.is_empty() {
         key == start
