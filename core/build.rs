@@ -6,6 +6,8 @@ fn main() {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
     config.bytes(["."]);
+    // Written by hand (src/pb/nested_txn.rs): nested txns decode as deep as etcd takes them.
+    config.extern_path(".etcdserverpb.RequestOp", "crate::pb::nested_txn::RequestOp");
     let protos = [
         "proto/mvccpb/kv.proto",
         "proto/authpb/auth.proto",

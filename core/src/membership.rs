@@ -39,6 +39,16 @@ pub enum MemberError {
     LearnerNotReady,
     #[error("etcdserver: given member URLs are invalid")]
     BadUrls,
+    /// What Keel never proposes, refused alike by every member that applies it (a forged or
+    /// damaged entry must not stop the state machine).
+    #[error("etcdserver: unsupported configuration change type {0}")]
+    UnknownChange(i32),
+    #[error("etcdserver: configuration change carries no member record")]
+    NoMemberRecord,
+    #[error("etcdserver: member ID 0 is reserved")]
+    ZeroId,
+    #[error("etcdserver: re-configuration failed: it would remove the last voting member")]
+    LastVoter,
 }
 
 /// The member table and the ids removed from it.
@@ -121,11 +131,15 @@ impl Membership {
     /// Checks a committed change against the table and, if it passes, makes it.
     pub fn apply(&mut self, cc: &ConfChange) -> Result<(), MemberError> {
         let id = cc.node_id;
+        if id == 0 {
+            return Err(MemberError::ZeroId);
+        }
         if self.removed.contains(&id) {
             return Err(MemberError::Removed);
         }
-        let change = ConfChangeType::try_from(cc.change_type)
-            .unwrap_or_else(|_| panic!("conf change for {id:x} has unknown type {}", cc.change_type));
+        let Ok(change) = ConfChangeType::try_from(cc.change_type) else {
+            return Err(MemberError::UnknownChange(cc.change_type));
+        };
         match change {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if cc.promote => {
                 let m = self.members.get_mut(&id).ok_or(MemberError::NotFound)?;
@@ -135,8 +149,9 @@ impl Membership {
                 m.is_learner = false;
             }
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let mut member = Member::decode(cc.context.clone())
-                    .unwrap_or_else(|e| panic!("conf change for {id:x} carries no member record: {e}"));
+                let Ok(mut member) = Member::decode(cc.context.clone()) else {
+                    return Err(MemberError::NoMemberRecord);
+                };
                 if self.members.contains_key(&id) {
                     return Err(MemberError::Exists);
                 }
@@ -150,6 +165,11 @@ impl Membership {
                 self.members.insert(id, member);
             }
             ConfChangeType::RemoveNode => {
+                let last_voter =
+                    self.members.get(&id).is_some_and(|m| !m.is_learner) && self.voters().count() == 1;
+                if last_voter {
+                    return Err(MemberError::LastVoter);
+                }
                 self.members.remove(&id).ok_or(MemberError::NotFound)?;
                 self.removed.insert(id);
                 while self.removed.len() > REMOVED_MAX {
@@ -157,8 +177,9 @@ impl Membership {
                 }
             }
             ConfChangeType::UpdateNode => {
-                let update = Member::decode(cc.context.clone())
-                    .unwrap_or_else(|e| panic!("conf change for {id:x} carries no member record: {e}"));
+                let Ok(update) = Member::decode(cc.context.clone()) else {
+                    return Err(MemberError::NoMemberRecord);
+                };
                 self.check_urls_free(id, &update.peer_ur_ls)?;
                 let m = self.members.get_mut(&id).ok_or(MemberError::NotFound)?;
                 m.peer_ur_ls = update.peer_ur_ls;

@@ -1,5 +1,9 @@
 //! Types generated from Keel's `.proto` files: etcd's wire API and Keel's internal records.
+//! One type is written by hand: `etcdserverpb.RequestOp` ([`nested_txn`], so that nested
+//! transactions decode as deep as etcd takes them); the generated code refers to it.
 #![allow(clippy::all, missing_docs, non_snake_case, non_camel_case_types)]
+
+pub mod nested_txn;
 
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
@@ -9,6 +13,7 @@ pub mod authpb {
 }
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+    pub use super::nested_txn::{request_op, RequestOp};
 }
 pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));

@@ -718,8 +718,13 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
             Command::TransferLeader { target } => self.node.transfer_leader(target),
             Command::Step(msgs) => {
                 for m in msgs {
-                    if let Err(e) = self.node.step(m) {
-                        tracing::debug!(error = %e, "peer message refused");
+                    let (from, msg_type) = (m.from, m.msg_type);
+                    match self.node.step(m) {
+                        Err(e @ ProposeError::BadMessage(_)) => {
+                            tracing::warn!(from = %format!("{from:x}"), msg_type, error = %e, "peer message refused")
+                        }
+                        Err(e) => tracing::debug!(error = %e, "peer message refused"),
+                        Ok(()) => {}
                     }
                 }
             }
@@ -745,7 +750,8 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                     Ok(_) => {
                         self.writes.insert(id, reply);
                     }
-                    Err(ProposeError::NotLeader | ProposeError::NotMember) => {
+                    // (BadMessage is for peers' messages, never a local proposal.)
+                    Err(ProposeError::NotLeader | ProposeError::NotMember | ProposeError::BadMessage(_)) => {
                         let _ = reply.send(Err(RequestError::NoLeader));
                     }
                     Err(ProposeError::TransferInProgress) => {
@@ -777,7 +783,9 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                         Ok(()) => {
                             self.member_changes.insert(id, (member, reply));
                         }
-                        Err(ProposeError::NotLeader | ProposeError::NotMember) => {
+                        Err(
+                            ProposeError::NotLeader | ProposeError::NotMember | ProposeError::BadMessage(_),
+                        ) => {
                             let _ = reply.send(Err(RequestError::NoLeader));
                         }
                         Err(ProposeError::TransferInProgress) => {

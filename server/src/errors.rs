@@ -58,8 +58,12 @@ pub fn request_status(e: RequestError) -> Status {
 pub fn member_status(e: &MemberError) -> Status {
     let code = match e {
         MemberError::Removed | MemberError::NotFound => Code::NotFound,
-        MemberError::BadUrls => Code::InvalidArgument,
-        MemberError::Exists
+        MemberError::BadUrls
+        | MemberError::UnknownChange(_)
+        | MemberError::NoMemberRecord
+        | MemberError::ZeroId => Code::InvalidArgument,
+        MemberError::LastVoter
+        | MemberError::Exists
         | MemberError::PeerUrlExists
         | MemberError::NotLearner
         | MemberError::TooManyLearners

@@ -121,8 +121,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let on_removed: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         removed_tx.send_replace(true);
     });
-    let connect: Arc<ConnectFn> =
-        Arc::new(move |id, url, reports| peer::start_sender(id, url, on_removed.clone(), reports));
+    let connect: Arc<ConnectFn> = Arc::new(move |id, url, reports| {
+        let ids = peer::BatchIds { cluster_id, from: member_id, to: id };
+        peer::start_sender(ids, url, on_removed.clone(), reports)
+    });
     let start_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -52,6 +52,50 @@ const SNAPSHOT_STREAM_TIMEOUT: Duration = Duration::from_secs(600);
 const SNAPSHOTS_RECEIVING_MAX: usize = 1;
 /// How long the receiver waits for the next chunk of a snapshot before dropping the stream.
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest a snapshot stream may arrive, on average, once its first [`SNAPSHOT_RATE_GRACE`]
+/// is over: a sender that trickles holds the only receiving slot no longer than that.
+const SNAPSHOT_RATE_MIN_BYTES_PER_SEC: u64 = 256 << 10;
+const SNAPSHOT_RATE_GRACE: Duration = Duration::from_secs(30);
+
+/// Who sends a batch, to whom, in which cluster: stamped on every batch and snapshot stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchIds {
+    pub(crate) cluster_id: u64,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+}
+
+/// Why a peer's request is refused before anything of it reaches the node: it is from another
+/// cluster, from no member this member knows (etcd refuses such peers too), or it names another
+/// sender or receiver than its messages do.
+fn check_sender(node: &NodeHandle, cluster_id: u64, from: u64, to: u64) -> Result<(), Status> {
+    if cluster_id != node.cluster_id {
+        return Err(Status::failed_precondition(format!(
+            "keel: cluster ID mismatch (this member's {:x}, the request's {cluster_id:x})",
+            node.cluster_id
+        )));
+    }
+    if to != node.member_id {
+        return Err(Status::invalid_argument(format!("keel: messages for member {to:x}, not this one")));
+    }
+    let members = node.members();
+    let view = members.borrow();
+    if view.removed.contains(&from) {
+        return Err(Status::failed_precondition(REMOVED));
+    }
+    // A member joining a running cluster knows no members until its first leader tells it.
+    if !view.members.is_empty() && !view.members.iter().any(|m| m.id == from) {
+        return Err(Status::permission_denied(format!("keel: {from:x} is not a member of this cluster")));
+    }
+    Ok(())
+}
+
+/// Logs a refused peer request with who sent it.
+fn refused(remote: Option<std::net::SocketAddr>, from: u64, e: Status) -> Status {
+    let remote = remote.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    tracing::warn!(%remote, from = %format!("{from:x}"), error = %e.message(), "peer request refused");
+    e
+}
 
 #[derive(Clone)]
 pub(crate) struct PeerService {
@@ -69,27 +113,31 @@ impl PeerService {
 #[tonic::async_trait]
 impl Raft for PeerService {
     async fn send(&self, request: Request<MessageBatch>) -> Result<Response<SendResponse>, Status> {
+        let remote = request.remote_addr();
         let batch = request.into_inner();
+        let from = batch.from;
+        check_sender(&self.node, batch.cluster_id, from, batch.to).map_err(|e| refused(remote, from, e))?;
         for m in &batch.messages {
             runtime::metrics::peer_received(m.from, m.encoded_len() as u64);
         }
-        let members = self.node.members();
-        if batch.messages.iter().any(|m| members.borrow().removed.contains(&m.from)) {
-            return Err(Status::failed_precondition(REMOVED));
+        // Every message is the batch's sender's, to this member; a snapshot comes only on its own
+        // stream, whose checks it must pass. What each message says is checked by Raft
+        // (`RawNode::step` refuses what no honest member sends).
+        if let Some(m) = batch.messages.iter().find(|m| m.from != from || m.to != batch.to) {
+            let e = Status::invalid_argument(format!(
+                "keel: a message from {:x} to {:x} in the batch",
+                m.from, m.to
+            ));
+            return Err(refused(remote, from, e));
         }
-        // Peers are not authenticated yet: drop what is malformed rather than let it reach the
-        // node (a proposal without entries, a snapshot without metadata).
-        let messages: Vec<Message> = batch
-            .messages
-            .into_iter()
-            .filter(|m| match MessageType::try_from(m.msg_type) {
-                Ok(MessageType::MsgProp) => !m.entries.is_empty(),
-                Ok(MessageType::MsgSnap) => m.snapshot.as_ref().is_some_and(|s| s.metadata.is_some()),
-                Ok(_) => true,
-                Err(_) => false,
-            })
-            .collect();
-        self.node.step(messages).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        if batch.messages.iter().any(|m| m.msg_type == MessageType::MsgSnap as i32) {
+            let e = Status::invalid_argument("keel: a snapshot comes on its own stream (SendSnapshot)");
+            return Err(refused(remote, from, e));
+        }
+        self.node
+            .step(batch.messages)
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         Ok(Response::new(SendResponse {}))
     }
 
@@ -101,9 +149,11 @@ impl Raft for PeerService {
         let Ok(_permit) = self.snapshots.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted("keel: already receiving a snapshot"));
         };
+        let remote = request.remote_addr();
         let mut stream = request.into_inner();
         let mut assembly = SnapshotAssembly::default();
         let mut checked = false;
+        let started = tokio::time::Instant::now();
         let message = loop {
             let next = tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.message())
                 .await
@@ -111,19 +161,16 @@ impl Raft for PeerService {
             let Some(chunk) = next else {
                 return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
             };
+            let cluster_id = chunk.cluster_id;
             let done = assembly.push(chunk).map_err(Status::invalid_argument)?;
             // Who sends it, and to whom, is known from the first chunk: refuse before buffering.
+            let (from, to) = assembly.sender_and_receiver().unwrap_or_default();
             if !checked {
-                let (from, to) = assembly.sender_and_receiver().expect("the first chunk carries the message");
-                if self.node.members().borrow().removed.contains(&from) {
-                    return Err(Status::failed_precondition(REMOVED));
-                }
-                if to != self.node.member_id {
-                    return Err(Status::invalid_argument(format!(
-                        "snapshot for member {to:x}, not this one"
-                    )));
-                }
+                check_sender(&self.node, cluster_id, from, to).map_err(|e| refused(remote, from, e))?;
                 checked = true;
+            }
+            if let Err(e) = snapshot_rate_ok(started.elapsed(), assembly.received) {
+                return Err(refused(remote, from, Status::deadline_exceeded(e)));
             }
             if let Some(m) = done {
                 break m;
@@ -150,6 +197,22 @@ impl Raft for PeerService {
             .map_err(crate::errors::request_status)?;
         Ok(Response::new(PromoteResponse { members: changed.members }))
     }
+}
+
+/// Whether a snapshot stream that has run `elapsed` and brought `received` bytes is fast enough
+/// to go on: after a grace period, at least [`SNAPSHOT_RATE_MIN_BYTES_PER_SEC`] on average.
+fn snapshot_rate_ok(elapsed: Duration, received: u64) -> Result<(), String> {
+    let Some(rated) = elapsed.checked_sub(SNAPSHOT_RATE_GRACE) else { return Ok(()) };
+    let owed = rated.as_secs().saturating_mul(SNAPSHOT_RATE_MIN_BYTES_PER_SEC);
+    if received < owed {
+        return Err(format!(
+            "keel: snapshot stream too slow: {received} bytes in {} s (at least {} KiB/s after the first {} s)",
+            elapsed.as_secs(),
+            SNAPSHOT_RATE_MIN_BYTES_PER_SEC >> 10,
+            SNAPSHOT_RATE_GRACE.as_secs()
+        ));
+    }
+    Ok(())
 }
 
 async fn connect(url: &str) -> Result<RaftClient<Channel>, String> {
@@ -284,7 +347,7 @@ impl SnapshotAssembly {
 }
 
 /// Cuts a snapshot message into the chunks of its stream.
-fn snapshot_chunks(mut m: Message) -> Vec<SnapshotChunk> {
+fn snapshot_chunks(mut m: Message, cluster_id: u64) -> Vec<SnapshotChunk> {
     let data: Bytes = std::mem::take(&mut m.snapshot.as_mut().expect("MsgSnap carries a snapshot").data);
     let crc32 = crc32fast::hash(&data);
     let total_bytes = data.len() as u64;
@@ -299,6 +362,7 @@ fn snapshot_chunks(mut m: Message) -> Vec<SnapshotChunk> {
             data: data.slice(at..end),
             last,
             crc32: if last { crc32 } else { 0 },
+            cluster_id: if chunks.is_empty() { cluster_id } else { 0 },
         });
         if last {
             return chunks;
@@ -308,7 +372,7 @@ fn snapshot_chunks(mut m: Message) -> Vec<SnapshotChunk> {
 }
 
 /// Streams one snapshot to `url` on a connection of its own.
-async fn stream_snapshot(url: &str, m: Message) -> Result<(), Status> {
+async fn stream_snapshot(url: &str, m: Message, cluster_id: u64) -> Result<(), Status> {
     let mib = m.snapshot.as_ref().map_or(0, |s| s.data.len() as u64) >> 20;
     let timeout = SNAPSHOT_STREAM_TIMEOUT + Duration::from_secs(mib);
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
@@ -317,7 +381,7 @@ async fn stream_snapshot(url: &str, m: Message) -> Result<(), Status> {
         .timeout(timeout);
     let ch = endpoint.connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
     let mut client = RaftClient::new(ch).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    client.send_snapshot(futures::stream::iter(snapshot_chunks(m))).await?;
+    client.send_snapshot(futures::stream::iter(snapshot_chunks(m, cluster_id))).await?;
     Ok(())
 }
 
@@ -325,26 +389,27 @@ async fn stream_snapshot(url: &str, m: Message) -> Result<(), Status> {
 /// The task ends once the queue is dropped and drained. `on_removed` runs if the peer says
 /// this member was removed from the cluster; `reports` hears how each snapshot ended.
 pub(crate) fn start_sender(
-    id: u64,
+    ids: BatchIds,
     url: &str,
     on_removed: Arc<dyn Fn() + Send + Sync>,
     reports: SnapshotReports,
 ) -> mpsc::Sender<Message> {
     let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-    tokio::spawn(sender(id, url.to_string(), rx, on_removed, reports));
+    tokio::spawn(sender(ids, url.to_string(), rx, on_removed, reports));
     tx
 }
 
 /// Hands a snapshot to its own task, unless one to this peer is still in flight (then it is
 /// reported failed at once and Raft sends a newer one later).
 fn send_snapshot(
-    peer: u64,
+    ids: BatchIds,
     url: &str,
     m: Message,
     in_flight: &mut Option<tokio::task::JoinHandle<()>>,
     reports: &SnapshotReports,
     on_removed: &Arc<dyn Fn() + Send + Sync>,
 ) {
+    let peer = ids.to;
     if in_flight.as_ref().is_some_and(|t| !t.is_finished()) {
         let reports = reports.clone();
         tokio::spawn(async move { reports.report(peer, true).await });
@@ -353,7 +418,7 @@ fn send_snapshot(
     let (url, reports, on_removed) = (url.to_string(), reports.clone(), on_removed.clone());
     let bytes = m.encoded_len() as u64;
     *in_flight = Some(tokio::spawn(async move {
-        let result = stream_snapshot(&url, m).await;
+        let result = stream_snapshot(&url, m, ids.cluster_id).await;
         if let Err(e) = &result {
             runtime::metrics::peer_send_failed(peer, 1);
             tracing::warn!(peer = %format!("{peer:x}"), error = %e, "snapshot stream failed");
@@ -379,12 +444,13 @@ async fn fail_queued_snapshots(peer: u64, mut rx: mpsc::Receiver<Message>, repor
 }
 
 async fn sender(
-    peer: u64,
+    ids: BatchIds,
     url: String,
     mut rx: mpsc::Receiver<Message>,
     on_removed: Arc<dyn Fn() + Send + Sync>,
     reports: SnapshotReports,
 ) {
+    let peer = ids.to;
     let mut client: Option<RaftClient<Channel>> = None;
     let mut backoff = Duration::from_millis(50);
     let mut snapshot: Option<tokio::task::JoinHandle<()>> = None;
@@ -394,7 +460,7 @@ async fn sender(
         let mut next = Some(first);
         while let Some(m) = next.take() {
             if m.msg_type == MessageType::MsgSnap as i32 {
-                send_snapshot(peer, &url, m, &mut snapshot, &reports, &on_removed);
+                send_snapshot(ids, &url, m, &mut snapshot, &reports, &on_removed);
             } else {
                 bytes += m.encoded_len();
                 messages.push(m);
@@ -430,7 +496,8 @@ async fn sender(
         }
         let c = client.as_mut().expect("connected");
         let (count, bytes) = (messages.len() as u64, messages.iter().map(|m| m.encoded_len() as u64).sum());
-        if let Err(e) = c.send(MessageBatch { messages }).await {
+        let batch = MessageBatch { messages, cluster_id: ids.cluster_id, from: ids.from, to: ids.to };
+        if let Err(e) = c.send(batch).await {
             runtime::metrics::peer_send_failed(peer, count);
             if e.code() == tonic::Code::FailedPrecondition && e.message() == REMOVED {
                 tracing::warn!(peer = %format!("{peer:x}"), "{REMOVED}");
@@ -479,7 +546,7 @@ mod tests {
     fn a_snapshot_crosses_in_chunks_unchanged() {
         for len in [0, 1, SNAPSHOT_CHUNK_BYTES - 1, SNAPSHOT_CHUNK_BYTES, 3 * SNAPSHOT_CHUNK_BYTES + 7] {
             let m = snap(len);
-            let chunks = snapshot_chunks(m.clone());
+            let chunks = snapshot_chunks(m.clone(), 7);
             assert_eq!(chunks.len(), len.div_ceil(SNAPSHOT_CHUNK_BYTES).max(1), "len {len}");
             assert!(chunks.iter().all(|c| c.encoded_len() <= PEER_MESSAGE_BYTES_MAX));
             assert_eq!(assemble(chunks).unwrap(), Some(m), "len {len}");
@@ -487,8 +554,17 @@ mod tests {
     }
 
     #[test]
+    fn a_trickling_stream_is_dropped() {
+        assert!(snapshot_rate_ok(Duration::from_secs(29), 0).is_ok(), "grace period");
+        assert!(snapshot_rate_ok(Duration::from_secs(31), 0).is_err());
+        assert!(snapshot_rate_ok(Duration::from_secs(40), 10 * SNAPSHOT_RATE_MIN_BYTES_PER_SEC).is_ok());
+        let slow = snapshot_rate_ok(Duration::from_secs(40), 10 * SNAPSHOT_RATE_MIN_BYTES_PER_SEC - 1);
+        assert!(slow.unwrap_err().contains("too slow"));
+    }
+
+    #[test]
     fn a_damaged_or_oversized_stream_is_refused() {
-        let chunks = || snapshot_chunks(snap(2 * SNAPSHOT_CHUNK_BYTES + 5));
+        let chunks = || snapshot_chunks(snap(2 * SNAPSHOT_CHUNK_BYTES + 5), 7);
         let refused = |mut c: Vec<SnapshotChunk>, edit: &dyn Fn(&mut Vec<SnapshotChunk>)| {
             edit(&mut c);
             assemble(c).expect_err("refused")

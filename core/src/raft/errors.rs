@@ -26,6 +26,9 @@ pub enum ProposeError {
     ConfChangePending,
     #[error("raft proposal dropped: this node is not in the configuration")]
     NotMember,
+    /// A peer's message that no honest member sends: refused before it reaches the protocol.
+    #[error("raft message refused: {0}")]
+    BadMessage(&'static str),
 }
 
 /// `step` refuses a message only for the proposal reasons above.

@@ -20,6 +20,22 @@ use std::collections::{BTreeMap, BTreeSet};
 /// voters' leader lease.
 const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
 
+/// Whether a proposed entry decodes as what the state machine applies: a client request (or
+/// nothing), or a configuration change of a known type.
+fn proposal_decodes(e: &Entry) -> bool {
+    use prost::Message as _;
+    if e.entry_type == EntryType::EntryConfChange as i32 {
+        return ConfChange::decode(e.data.clone())
+            .is_ok_and(|cc| crate::pb::keelpb::ConfChangeType::try_from(cc.change_type).is_ok());
+    }
+    e.data.is_empty() || crate::pb::keelpb::Request::decode(e.data.clone()).is_ok()
+}
+
+/// The highest term a peer's message may carry. Honest terms grow by one per election and never
+/// come near it, so refusing more keeps this node's own `term + 1` from ever overflowing: a
+/// forged term of `u64::MAX` would otherwise stop every election for good.
+pub const TERM_MAX: u64 = 1 << 62;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateRole {
     Follower,
@@ -410,7 +426,9 @@ impl<S: Storage> Raft<S> {
     }
 
     fn campaign(&mut self, pre: bool, transfer: bool) {
-        if !self.promotable() {
+        if !self.promotable() || self.term >= TERM_MAX {
+            // A term this high comes only from a data directory written before peers' terms
+            // were bounded: no election can follow it, but nothing overflows either.
             return;
         }
         let (vote_type, term) = if pre {
@@ -521,6 +539,84 @@ impl<S: Storage> Raft<S> {
     }
 
     // ----- stepping -----
+
+    /// Whether a message from the network may reach [`Raft::step`]: everything from outside is
+    /// checked here, so the protocol's arithmetic and assertions hold for what it is given.
+    /// Refused: local message types, messages for another node or from none, senders outside
+    /// this node's configuration (unless it has none yet: a member joining a cluster learns it
+    /// from its first leader), terms past [`TERM_MAX`], protocol messages without a term,
+    /// appends whose entries are not the contiguous, term-ordered run after their `index`,
+    /// snapshots without metadata, and acknowledgements past the end of this leader's log.
+    pub(crate) fn check_remote(&self, m: &Message) -> Result<(), &'static str> {
+        use MessageType::*;
+        let t = MessageType::try_from(m.msg_type).map_err(|_| "unknown message type")?;
+        if matches!(t, MsgHup | MsgBeat | MsgCheckQuorum | MsgSnapStatus | MsgUnreachable | MsgTransferLeader)
+        {
+            return Err("local message type");
+        }
+        if m.to != self.id {
+            return Err("message for another node");
+        }
+        if m.from == 0 || m.from == self.id {
+            return Err("message without a sender");
+        }
+        let configured = !self.voters.is_empty() || !self.learners.is_empty();
+        if configured && !self.voters.contains(&m.from) && !self.learners.contains(&m.from) {
+            return Err("sender not in this node's configuration");
+        }
+        if m.term > TERM_MAX {
+            return Err("term out of range");
+        }
+        let termless = matches!(t, MsgProp | MsgReadIndex);
+        if m.term == 0 && !termless {
+            return Err("protocol message without a term");
+        }
+        if m.entries.iter().any(|e| EntryType::try_from(e.entry_type).is_err()) {
+            return Err("entry of unknown type");
+        }
+        match t {
+            MsgProp if m.entries.is_empty() => return Err("proposal without entries"),
+            // Nothing reaches the log that the state machine cannot decode: a forwarded
+            // proposal is a member's own encoding of a request it decoded, so this refuses only
+            // what was forged or damaged on the way.
+            MsgProp if !m.entries.iter().all(proposal_decodes) => {
+                return Err("proposal that does not decode")
+            }
+            MsgApp => {
+                if m.log_term > m.term {
+                    return Err("append after an entry of a later term");
+                }
+                let mut prev_term = m.log_term;
+                for (i, e) in m.entries.iter().enumerate() {
+                    if m.index.checked_add(1 + i as u64) != Some(e.index) {
+                        return Err("append entries not contiguous after its index");
+                    }
+                    if e.term < prev_term || e.term > m.term {
+                        return Err("append entries out of term order");
+                    }
+                    prev_term = e.term;
+                }
+            }
+            MsgSnap => {
+                let meta = m
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.metadata.as_ref())
+                    .ok_or("snapshot without metadata")?;
+                if meta.index == 0 || meta.term == 0 || meta.term > m.term {
+                    return Err("snapshot metadata out of range");
+                }
+            }
+            MsgAppResp => {
+                let last = self.log.last_index();
+                if m.index > last || m.reject_hint > last {
+                    return Err("acknowledgement past the end of the log");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 
     pub(crate) fn step(&mut self, m: Message) -> Result<(), ProposeError> {
         let t = MessageType::try_from(m.msg_type).unwrap_or(MessageType::MsgHup);
@@ -935,7 +1031,8 @@ impl<S: Storage> Raft<S> {
                 m.to = self.lead;
                 self.msgs.push(m);
             }
-            MessageType::MsgTimeoutNow => self.hup(true),
+            // Only the leader we follow may hand leadership on.
+            MessageType::MsgTimeoutNow if m.from == self.lead => self.hup(true),
             MessageType::MsgReadIndex => {
                 if self.lead == 0 {
                     return Err(ProposeError::NotLeader);
@@ -1049,7 +1146,9 @@ impl<S: Storage> Raft<S> {
                     self.lead_transferee = None;
                 }
             }
-            Err(_) => panic!("unknown conf change type {}", cc.change_type),
+            // The member table refuses what it does not know, so Raft never sees it; if it did,
+            // nothing changes.
+            Err(_) => return self.conf_state(),
         }
         if self.role == StateRole::Leader {
             // A leader removed from the configuration goes on leading it without counting itself

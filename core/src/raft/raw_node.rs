@@ -79,20 +79,11 @@ impl<S: Storage> RawNode<S> {
         let _ = self.raft.step(Message { msg_type: MessageType::MsgHup as i32, ..Default::default() });
     }
 
-    /// Feeds a message from a peer. Local message types are refused.
+    /// Feeds a message from a peer. What a peer may not send, or could not have sent honestly
+    /// (see [`Raft::check_remote`]), is refused with [`ProposeError::BadMessage`] and changes
+    /// nothing.
     pub fn step(&mut self, m: Message) -> Result<(), ProposeError> {
-        let t = MessageType::try_from(m.msg_type).unwrap_or(MessageType::MsgHup);
-        let local = matches!(
-            t,
-            MessageType::MsgHup
-                | MessageType::MsgBeat
-                | MessageType::MsgCheckQuorum
-                | MessageType::MsgSnapStatus
-                | MessageType::MsgUnreachable
-        );
-        if local || (m.from == 0 && t != MessageType::MsgProp) {
-            return Ok(()); // Ignored, as etcd-io/raft does: peers cannot trigger local events.
-        }
+        self.raft.check_remote(&m).map_err(ProposeError::BadMessage)?;
         self.raft.step(m)
     }
 
