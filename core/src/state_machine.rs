@@ -379,7 +379,11 @@ impl StateMachine {
         // As for writes: a change that does not decode is refused alike on every member, and
         // changes neither the member table nor Raft's configuration.
         let Ok(cc) = ConfChange::decode(entry.data.clone()) else {
-            return Applied::Nothing;
+            return Applied::Write {
+                request_id: 0,
+                result: Err(ApplyError::Unsupported("configuration change does not decode")),
+                events: Vec::new(),
+            };
         };
         let result = self.membership.apply(&cc);
         Applied::ConfChange { change: cc, result }

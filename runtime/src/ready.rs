@@ -101,6 +101,15 @@ pub fn handle_ready<D: Dir, F: PageFile>(
     let mut applied = Vec::with_capacity(rd.committed_entries.len());
     for entry in &rd.committed_entries {
         let effect = sm.apply(entry, now_ms);
+        match &effect {
+            Applied::Write { request_id: 0, result: Err(e), .. } => {
+                tracing::warn!(index = entry.index, error = %e, "committed entry refused at apply")
+            }
+            Applied::ConfChange { result: Err(e), .. } => {
+                tracing::warn!(index = entry.index, error = %e, "committed configuration change refused at apply")
+            }
+            _ => {}
+        }
         // A change the member table refused changes nothing in Raft either.
         if let Applied::ConfChange { change, result: Ok(()) } = &effect {
             let cs = node.apply_conf_change(change);

@@ -66,8 +66,9 @@ pub(crate) struct BatchIds {
 }
 
 /// Why a peer's request is refused before anything of it reaches the node: it is from another
-/// cluster, from no member this member knows (etcd refuses such peers too), or it names another
-/// sender or receiver than its messages do.
+/// cluster, for another member, or from a member removed from this one. Whether the sender is a
+/// member is Raft's to judge (`RawNode::step`): it knows the configuration each message must be
+/// judged against, including the one exception a member that lags behind its leader needs.
 fn check_sender(node: &NodeHandle, cluster_id: u64, from: u64, to: u64) -> Result<(), Status> {
     if cluster_id != node.cluster_id {
         return Err(Status::failed_precondition(format!(
@@ -82,10 +83,6 @@ fn check_sender(node: &NodeHandle, cluster_id: u64, from: u64, to: u64) -> Resul
     let view = members.borrow();
     if view.removed.contains(&from) {
         return Err(Status::failed_precondition(REMOVED));
-    }
-    // A member joining a running cluster knows no members until its first leader tells it.
-    if !view.members.is_empty() && !view.members.iter().any(|m| m.id == from) {
-        return Err(Status::permission_denied(format!("keel: {from:x} is not a member of this cluster")));
     }
     Ok(())
 }

@@ -949,7 +949,14 @@ impl Cluster {
             }
             digest(&mut self.summary.trace_digest, m.msg_type as u64 ^ (m.to << 8) ^ (m.index << 16));
             if let Some(Some(n)) = self.nodes.get_mut(&m.to) {
-                let _ = n.node.step(m);
+                let shown = std::env::var("SIM_DEBUG_REFUSED").is_ok().then(|| {
+                    format!("{} {:?} from {} to {} term {}", self.now, m.msg_type, m.from, m.to, m.term)
+                });
+                if let Err(keel_core::raft::ProposeError::BadMessage(why)) = n.node.step(m) {
+                    if let Some(shown) = shown {
+                        eprintln!("REFUSED {shown}: {why}");
+                    }
+                }
             }
         }
     }

@@ -544,7 +544,8 @@ impl<S: Storage> Raft<S> {
     /// checked here, so the protocol's arithmetic and assertions hold for what it is given.
     /// Refused: local message types, messages for another node or from none, senders outside
     /// this node's configuration (unless it has none yet: a member joining a cluster learns it
-    /// from its first leader), terms past [`TERM_MAX`], protocol messages without a term,
+    /// from its first leader; and for a leader's traffic and vote requests while this node has
+    /// no leader, see below), terms past [`TERM_MAX`], protocol messages without a term,
     /// appends whose entries are not the contiguous, term-ordered run after their `index`,
     /// snapshots without metadata, and acknowledgements past the end of this leader's log.
     pub(crate) fn check_remote(&self, m: &Message) -> Result<(), &'static str> {
@@ -562,7 +563,24 @@ impl<S: Storage> Raft<S> {
         }
         let configured = !self.voters.is_empty() || !self.learners.is_empty();
         if configured && !self.voters.contains(&m.from) && !self.learners.contains(&m.from) {
-            return Err("sender not in this node's configuration");
+            // A leader's traffic is the one exception, and only while this node has heard from
+            // no leader for an election timeout: a member that missed the change adding its
+            // leader learns of that change only from that leader's log, and a member catching
+            // up replays configurations older than its leader (the simulator finds such members
+            // stuck for good without this). Without peer TLS this leaves forged
+            // leader traffic from a non-member a window while there is no leader; with a
+            // healthy leader, a non-member's heartbeat cannot unseat it.
+            // The leader this node already follows stays accepted while it replays a history
+            // whose configurations predate that leader.
+            // Likewise a candidate's vote request while there is no leader: the candidate may be
+            // a member this node has not learned of, and the cluster may need this vote.
+            let leader_traffic = matches!(t, MsgApp | MsgHeartbeat | MsgSnap);
+            let campaign = matches!(t, MsgVote | MsgPreVote);
+            let leaderless = self.lead == 0 || self.election_elapsed >= self.cfg.election_ticks;
+            let from_leader = leader_traffic && m.from == self.lead;
+            if !(from_leader || (leader_traffic || campaign) && leaderless) {
+                return Err("sender not in this node's configuration");
+            }
         }
         if m.term > TERM_MAX {
             return Err("term out of range");
