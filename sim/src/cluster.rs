@@ -123,6 +123,8 @@ pub struct ClusterSummary {
     pub watch_events_checked: usize,
     pub watches_resumed: u32,
     pub watches_compacted: u32,
+    /// Forged and garbage peer messages the nemesis delivered (every one refused by Raft).
+    pub forged_messages: u32,
     /// Workloads this seed ran: kv clients, lease clients, watchers.
     pub workload: (usize, usize, usize),
 }
@@ -251,6 +253,10 @@ pub struct Cluster {
     /// The new workloads draw from their own stream, so a seed that runs none of them runs
     /// exactly as before they existed.
     work_rng: SmallRng,
+    /// The forged-message nemesis: its own stream, and how often it strikes (per mille of
+    /// steps). What it sends must be refused, so it changes nothing else in the run.
+    forge_rng: SmallRng,
+    forge_per_mille: u32,
     pub workload: Workload,
     kv_clients: Vec<ClientState>,
     pub kv_ops: Vec<KvOp>,
@@ -332,6 +338,8 @@ impl Cluster {
             _ => member_rng.random_range(5..30),
         };
         let mut work_rng = SmallRng::seed_from_u64(seed ^ 0x776f_726b_6c6f_6164);
+        let mut forge_rng = SmallRng::seed_from_u64(seed ^ 0x666f_7267_6572_7921);
+        let forge_per_mille = forge_rng.random_range(20..200);
         let workload = Workload {
             kv_clients: [0, 1, 2, 3][work_rng.random_range(0..4)],
             lease_clients: [0, 1, 1][work_rng.random_range(0..3)],
@@ -391,6 +399,8 @@ impl Cluster {
                 })
                 .collect(),
             work_rng,
+            forge_rng,
+            forge_per_mille,
             workload,
             kv_ops: Vec::new(),
             leases: Vec::new(),
@@ -416,6 +426,106 @@ impl Cluster {
     pub fn with_forwarded_removals(mut self) -> Self {
         self.forwarded_removals = true;
         self
+    }
+
+    /// Turns the forged-message nemesis off (it is on by default).
+    pub fn without_forgery(mut self) -> Self {
+        self.forge_per_mille = 0;
+        self
+    }
+
+    /// Delivers one message no honest member sends to a random running node: from an id that
+    /// was never a member (every kind a non-member may never send), or in a member's name but
+    /// malformed (a term past any reachable one, another receiver, appends whose entries do not
+    /// follow their index, a proposal of garbage, an acknowledgement past any log, a vote
+    /// without a term, a local message type, an unknown type). Raft must refuse every one; a
+    /// refused message changes nothing, so the run goes on exactly as without the nemesis.
+    fn forge(&mut self) {
+        use keel_core::raft::{Entry, MessageType as T, ProposeError};
+        // A node with no configuration yet (a member that has not heard from its first leader)
+        // takes its first leader from anyone: not a target here.
+        let running: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.as_ref().is_some_and(|n| {
+                    let cs = n.node.conf_state();
+                    !cs.voters.is_empty() || !cs.learners.is_empty()
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let r = &mut self.forge_rng;
+        let to = running[r.random_range(0..running.len())];
+        let member = running[r.random_range(0..running.len())];
+        let outsider = 1_000_000 + r.random_range(0..1000);
+        let term = r.random_range(1..1000);
+        // Bytes no protobuf decoder takes (field 0, wire type 7), then noise.
+        let garbage: Vec<u8> =
+            std::iter::once(0x07).chain((0..r.random_range(0..40)).map(|_| r.random())).collect();
+        let msg =
+            |t: T, from: u64, term: u64| Message { msg_type: t as i32, from, to, term, ..Default::default() };
+        let never_from_outsiders = [
+            T::MsgProp,
+            T::MsgAppResp,
+            T::MsgHeartbeatResp,
+            T::MsgVoteResp,
+            T::MsgPreVoteResp,
+            T::MsgTimeoutNow,
+            T::MsgReadIndex,
+            T::MsgReadIndexResp,
+        ];
+        let local = [
+            T::MsgHup,
+            T::MsgBeat,
+            T::MsgCheckQuorum,
+            T::MsgSnapStatus,
+            T::MsgUnreachable,
+            T::MsgTransferLeader,
+        ];
+        let m = match r.random_range(0..9) {
+            0 => {
+                let t = never_from_outsiders[r.random_range(0..never_from_outsiders.len())];
+                Message {
+                    index: r.random(),
+                    commit: r.random(),
+                    entries: vec![Entry { data: garbage.into(), ..Default::default() }],
+                    ..msg(t, outsider, term)
+                }
+            }
+            1 => {
+                let t = [T::MsgHeartbeat, T::MsgApp, T::MsgVote, T::MsgPreVote][r.random_range(0..4)];
+                msg(t, member, keel_core::raft::TERM_MAX + r.random_range(1..1000))
+            }
+            2 => Message { to: to + 1_000_000, ..msg(T::MsgHeartbeat, member, term) },
+            3 => Message {
+                index: r.random_range(10..u64::MAX / 2),
+                log_term: 1,
+                entries: vec![Entry { index: r.random_range(1..10), term: 1, ..Default::default() }],
+                ..msg(T::MsgApp, member, term)
+            },
+            4 => Message {
+                entries: vec![Entry { data: garbage.into(), ..Default::default() }],
+                ..msg(T::MsgProp, member, 0)
+            },
+            5 => {
+                Message { index: u64::MAX / 2 + r.random_range(0..1000), ..msg(T::MsgAppResp, member, term) }
+            }
+            6 => msg([T::MsgVote, T::MsgPreVote, T::MsgVoteResp][r.random_range(0..3)], member, 0),
+            7 => msg(local[r.random_range(0..local.len())], member, term),
+            _ => Message { msg_type: r.random_range(19..1000), ..msg(T::MsgHeartbeat, member, term) },
+        };
+        let shown = format!("{m:?}");
+        let Some(Some(n)) = self.nodes.get_mut(&to) else { return };
+        match n.node.step(m) {
+            Err(ProposeError::BadMessage(_)) => self.summary.forged_messages += 1,
+            other => {
+                panic!("seed {}: a forged message reached node {to}'s Raft ({other:?}): {shown}", self.seed)
+            }
+        }
     }
 
     fn start(&mut self, id: u64) {
@@ -949,14 +1059,7 @@ impl Cluster {
             }
             digest(&mut self.summary.trace_digest, m.msg_type as u64 ^ (m.to << 8) ^ (m.index << 16));
             if let Some(Some(n)) = self.nodes.get_mut(&m.to) {
-                let shown = std::env::var("SIM_DEBUG_REFUSED").is_ok().then(|| {
-                    format!("{} {:?} from {} to {} term {}", self.now, m.msg_type, m.from, m.to, m.term)
-                });
-                if let Err(keel_core::raft::ProposeError::BadMessage(why)) = n.node.step(m) {
-                    if let Some(shown) = shown {
-                        eprintln!("REFUSED {shown}: {why}");
-                    }
-                }
+                let _ = n.node.step(m);
             }
         }
     }
@@ -971,6 +1074,9 @@ impl Cluster {
             }
         }
         self.deliver_due();
+        if faults && self.forge_per_mille > 0 && self.forge_rng.random_range(0..1000) < self.forge_per_mille {
+            self.forge();
+        }
         if faults {
             if self.rng.random_range(0..1000) < self.faults.pause_per_mille {
                 let id = ids[self.rng.random_range(0..ids.len())];

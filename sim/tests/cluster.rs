@@ -28,7 +28,7 @@ fn clusters_stay_linearizable_under_faults() {
     // the committed log, leases granted / expired / revoked, keep-alives acknowledged, watch
     // events checked, watches resumed and canceled as compacted.
     let (mut txns, mut ranges, mut granted, mut expired, mut revoked, mut keepalives) = (0, 0, 0, 0, 0, 0);
-    let (mut events, mut resumed, mut compacted) = (0, 0, 0);
+    let (mut events, mut resumed, mut compacted, mut forged) = (0, 0, 0, 0);
     for seed in seeds {
         let n = if seed % 4 == 3 { 5 } else { 3 };
         // Odd seeds may propose removals through any member (forwarded), as etcdctl may.
@@ -65,6 +65,7 @@ fn clusters_stay_linearizable_under_faults() {
                 events += s.watch_events_checked;
                 resumed += s.watches_resumed;
                 compacted += s.watches_compacted;
+                forged += s.forged_messages;
                 runs += 1;
             }
             Err(_) => panic!("cluster simulation failed: SIM_SEED={seed} (replay with KEEL_SIM_SEED={seed})"),
@@ -77,12 +78,13 @@ fn clusters_stay_linearizable_under_faults() {
          learners added, {promoted} promoted, {refused} refused; {unchecked} histories beyond the \
          checker's budget; {txns} txns and {ranges} ranges checked; leases: {granted} granted, {expired} \
          expired, {revoked} revoked, {keepalives} keep-alives; watches: {events} events checked, {resumed} \
-         resumed, {compacted} canceled as compacted"
+         resumed, {compacted} canceled as compacted; {forged} forged peer messages refused"
     );
     // A history the checker cannot decide proves nothing; they must stay rare.
     assert!(unchecked * 10 <= runs, "{unchecked} of {runs} histories were beyond the checker's budget");
     if env("KEEL_SIM_SEED").is_none() {
         assert!(ok > 0 && crashes > 0 && partitions > 0, "the simulation exercised operations and faults");
+        assert!(forged > 0, "the forged-message nemesis ran");
         assert!(
             checkpoints > 0 && installs > 0,
             "members saved images and lagging ones caught up by snapshot"
@@ -137,4 +139,24 @@ fn same_seed_same_cluster_run() {
     let a = Cluster::new(seed, 3, 3).run(1000);
     assert_eq!(a, Cluster::new(seed, 3, 3).run(1000), "seed {seed} is not deterministic");
     assert!(a.txns_ok > 0 && a.leases_granted > 0 && a.watch_events_checked > 0, "{a:?}");
+}
+
+/// The forged-message nemesis (on by default) changes nothing: every forged or garbage peer
+/// message is refused by Raft (a message that gets through fails the run), and a run with the
+/// nemesis is, event for event, the run without it.
+#[test]
+fn forged_peer_messages_go_unnoticed() {
+    let steps = env("KEEL_SIM_CLUSTER_STEPS").unwrap_or(3000);
+    for seed in 0..env("KEEL_SIM_FORGERY_SEEDS").unwrap_or(12) {
+        let n = if seed % 4 == 3 { 5 } else { 3 };
+        let with = Cluster::new(seed, n, 3).run(steps);
+        let without = Cluster::new(seed, n, 3).without_forgery().run(steps);
+        assert!(with.forged_messages > 0, "seed {seed}: the nemesis struck");
+        assert_eq!(without.forged_messages, 0);
+        assert_eq!(
+            with.trace_digest, without.trace_digest,
+            "seed {seed}: the forged messages changed the run"
+        );
+        assert_eq!(with.ops_ok, without.ops_ok, "seed {seed}");
+    }
 }
