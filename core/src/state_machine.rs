@@ -16,6 +16,18 @@ use crate::pb::keelpb::{
 use crate::pb::mvccpb::{event::EventType, Event};
 use prost::Message as _;
 
+/// Whether an entry holds what [`StateMachine::apply`] applies: a client request (or nothing),
+/// or a configuration change of a known type. Raft refuses a peer's proposal that does not
+/// ([`crate::raft::Config::proposal_check`]), so nothing reaches the log that was forged or
+/// damaged on the way.
+pub fn entry_decodes(e: &Entry) -> bool {
+    if e.entry_type == EntryType::EntryConfChange as i32 {
+        return ConfChange::decode(e.data.clone())
+            .is_ok_and(|cc| crate::pb::keelpb::ConfChangeType::try_from(cc.change_type).is_ok());
+    }
+    e.data.is_empty() || Request::decode(e.data.clone()).is_ok()
+}
+
 /// The reply to one applied client write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteResponse {

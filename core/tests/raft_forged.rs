@@ -10,7 +10,9 @@ use prost::Message as _;
 use support::Network;
 
 fn cfg() -> Config {
-    Config::new(1, 0)
+    let mut c = Config::new(1, 0);
+    c.proposal_check = Some(keel_core::state_machine::entry_decodes);
+    c
 }
 
 fn cluster() -> Network {

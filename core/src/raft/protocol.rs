@@ -20,17 +20,6 @@ use std::collections::{BTreeMap, BTreeSet};
 /// voters' leader lease.
 const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
 
-/// Whether a proposed entry decodes as what the state machine applies: a client request (or
-/// nothing), or a configuration change of a known type.
-fn proposal_decodes(e: &Entry) -> bool {
-    use prost::Message as _;
-    if e.entry_type == EntryType::EntryConfChange as i32 {
-        return ConfChange::decode(e.data.clone())
-            .is_ok_and(|cc| crate::pb::keelpb::ConfChangeType::try_from(cc.change_type).is_ok());
-    }
-    e.data.is_empty() || crate::pb::keelpb::Request::decode(e.data.clone()).is_ok()
-}
-
 /// The highest term a peer's message may carry. Honest terms grow by one per election and never
 /// come near it, so refusing more keeps this node's own `term + 1` from ever overflowing: a
 /// forged term of `u64::MAX` would otherwise stop every election for good.
@@ -73,6 +62,10 @@ pub struct Config {
     pub applied: u64,
     /// Followers drop proposals instead of forwarding them to the leader.
     pub disable_proposal_forwarding: bool,
+    /// Whether a proposal forwarded by a peer holds what the state machine can apply; one that
+    /// does not is refused before it reaches the log. Raft does not know what entries mean, so
+    /// the driver says (Keel's: [`crate::state_machine::entry_decodes`]); `None` takes any.
+    pub proposal_check: Option<fn(&Entry) -> bool>,
 }
 
 impl Config {
@@ -91,6 +84,7 @@ impl Config {
             apply_bytes_max: 16 << 20,
             applied: 0,
             disable_proposal_forwarding: false,
+            proposal_check: None,
         }
     }
 
@@ -597,7 +591,7 @@ impl<S: Storage> Raft<S> {
             // Nothing reaches the log that the state machine cannot decode: a forwarded
             // proposal is a member's own encoding of a request it decoded, so this refuses only
             // what was forged or damaged on the way.
-            MsgProp if !m.entries.iter().all(proposal_decodes) => {
+            MsgProp if self.cfg.proposal_check.is_some_and(|ok| !m.entries.iter().all(ok)) => {
                 return Err("proposal that does not decode")
             }
             MsgApp => {
