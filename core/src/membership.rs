@@ -45,8 +45,6 @@ pub enum MemberError {
     UnknownChange(i32),
     #[error("etcdserver: configuration change carries no member record")]
     NoMemberRecord,
-    #[error("etcdserver: member ID 0 is reserved")]
-    ZeroId,
     #[error("etcdserver: re-configuration failed: it would remove the last voting member")]
     LastVoter,
 }
@@ -131,8 +129,9 @@ impl Membership {
     /// Checks a committed change against the table and, if it passes, makes it.
     pub fn apply(&mut self, cc: &ConfChange) -> Result<(), MemberError> {
         let id = cc.node_id;
+        // No member has id 0 (etcd answers "member not found" for it).
         if id == 0 {
-            return Err(MemberError::ZeroId);
+            return Err(MemberError::NotFound);
         }
         if self.removed.contains(&id) {
             return Err(MemberError::Removed);

@@ -58,10 +58,9 @@ pub fn request_status(e: RequestError) -> Status {
 pub fn member_status(e: &MemberError) -> Status {
     let code = match e {
         MemberError::Removed | MemberError::NotFound => Code::NotFound,
-        MemberError::BadUrls
-        | MemberError::UnknownChange(_)
-        | MemberError::NoMemberRecord
-        | MemberError::ZeroId => Code::InvalidArgument,
+        MemberError::BadUrls | MemberError::UnknownChange(_) | MemberError::NoMemberRecord => {
+            Code::InvalidArgument
+        }
         MemberError::LastVoter
         | MemberError::Exists
         | MemberError::PeerUrlExists
