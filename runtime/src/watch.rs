@@ -45,7 +45,9 @@ pub struct WatchSpec {
 pub enum WatchUpdate {
     Created { watch_id: i64, header: ResponseHeader },
     Events { watch_id: i64, header: ResponseHeader, events: Vec<Event> },
-    Canceled { watch_id: i64, header: ResponseHeader, compact_revision: i64, reason: String },
+    /// `created`: the watch was refused at its creation (etcd answers such a create with
+    /// `created` and `canceled` both set and watch id -1).
+    Canceled { watch_id: i64, header: ResponseHeader, compact_revision: i64, reason: String, created: bool },
     Progress { header: ResponseHeader },
 }
 
@@ -66,14 +68,31 @@ pub struct WatchHub {
     next_stream: u64,
 }
 
-/// Tells a client its watch was not created (or is canceled), and why.
-fn refuse(tx: &mpsc::Sender<WatchUpdate>, watch_id: i64, header: ResponseHeader, reason: &str) {
+/// Why etcd's `watchStream.Watch` refuses a watch whose range end is at or below its key.
+pub const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// Why etcd's `watchStream.Watch` refuses a client-chosen watch id already in use on the stream.
+pub const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// Why Keel refuses a watch beyond its bounds on watchers (etcd has none).
+pub const TOO_MANY_WATCHERS: &str = "etcdserver: too many watchers";
+
+/// Tells a client its watch was not created, and why: as etcd, a response that is both
+/// `created` and `canceled`, with watch id -1.
+fn refuse(tx: &mpsc::Sender<WatchUpdate>, header: ResponseHeader, reason: &str) {
     let _ = tx.try_send(WatchUpdate::Canceled {
-        watch_id,
+        watch_id: -1,
         header,
         compact_revision: 0,
         reason: reason.to_string(),
+        created: true,
     });
+}
+
+impl WatchSpec {
+    /// etcd's check: a range end other than `"\0"` (every key from the key on) at or below the
+    /// key selects nothing.
+    pub fn is_empty_range(&self) -> bool {
+        !self.range_end.is_empty() && self.range_end[..] != [0] && self.key >= self.range_end
+    }
 }
 
 impl WatchSpec {
@@ -137,14 +156,19 @@ impl WatchHub {
         header: ResponseHeader,
     ) {
         let Some(tx) = self.streams.get(&stream) else { return };
-        let on_stream = self.watchers.range((stream, i64::MIN)..=(stream, i64::MAX)).count();
-        if on_stream >= WATCHERS_PER_STREAM_MAX || self.watchers.len() >= WATCHERS_MAX {
-            refuse(tx, watch_id, header, "etcdserver: too many watchers");
+        // In etcd's order: the range, then the id, then (Keel's own) the bounds.
+        if spec.is_empty_range() {
+            refuse(tx, header, EMPTY_RANGE);
             return;
         }
         if self.watchers.contains_key(&(stream, watch_id)) {
             // A client-chosen id already in use: refuse it, keep the existing watcher.
-            refuse(tx, watch_id, header, "mvcc: duplicate watch ID provided on the WatchStream");
+            refuse(tx, header, DUPLICATE_ID);
+            return;
+        }
+        let on_stream = self.watchers.range((stream, i64::MIN)..=(stream, i64::MAX)).count();
+        if on_stream >= WATCHERS_PER_STREAM_MAX || self.watchers.len() >= WATCHERS_MAX {
+            refuse(tx, header, TOO_MANY_WATCHERS);
             return;
         }
         if tx.try_send(WatchUpdate::Created { watch_id, header }).is_err() {
@@ -165,6 +189,7 @@ impl WatchHub {
                     header,
                     compact_revision: 0,
                     reason: String::new(),
+                    created: false,
                 });
             }
         }
@@ -257,6 +282,7 @@ impl WatchHub {
                             header,
                             compact_revision: store.compacted(),
                             reason: MvccError::Compacted.to_string(),
+                            created: false,
                         });
                         canceled.push((*stream, *watch_id));
                         break;

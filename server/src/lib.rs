@@ -12,6 +12,8 @@ pub mod errors;
 mod gateway;
 #[cfg(not(madsim))]
 mod http;
+#[cfg(not(madsim))]
+mod limit;
 pub mod pb;
 mod peer;
 mod recipes;
