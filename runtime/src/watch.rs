@@ -43,12 +43,27 @@ pub struct WatchSpec {
 /// What the hub tells a client stream; the server turns it into a `WatchResponse`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchUpdate {
-    Created { watch_id: i64, header: ResponseHeader },
-    Events { watch_id: i64, header: ResponseHeader, events: Vec<Event> },
+    Created {
+        watch_id: i64,
+        header: ResponseHeader,
+    },
+    Events {
+        watch_id: i64,
+        header: ResponseHeader,
+        events: Vec<Event>,
+    },
     /// `created`: the watch was refused at its creation (etcd answers such a create with
     /// `created` and `canceled` both set and watch id -1).
-    Canceled { watch_id: i64, header: ResponseHeader, compact_revision: i64, reason: String, created: bool },
-    Progress { header: ResponseHeader },
+    Canceled {
+        watch_id: i64,
+        header: ResponseHeader,
+        compact_revision: i64,
+        reason: String,
+        created: bool,
+    },
+    Progress {
+        header: ResponseHeader,
+    },
 }
 
 struct Watcher {
@@ -556,5 +571,40 @@ mod tests {
         let got = drain(&mut rx);
         assert_eq!(revisions(&got), vec![3], "only the delete passes NOPUT");
         assert!(matches!(got.last(), Some(WatchUpdate::Progress { header }) if header.revision == 3));
+    }
+
+    /// etcd's `watchStream.Watch` refusals, as etcd 3.5.1 answers them: created and canceled at
+    /// once, watch id -1, the reason; the existing watcher keeps its id.
+    #[test]
+    fn empty_ranges_and_ids_in_use_are_refused_as_etcd_refuses_them() {
+        let store = Store::new();
+        let mut hub = WatchHub::new();
+        let (s, mut rx) = hub.open_stream();
+        let spec = |k: &str, end: &str| WatchSpec {
+            key: k.to_string().into(),
+            range_end: end.to_string().into(),
+            ..Default::default()
+        };
+        hub.create(s, 0, spec("b", "a"), &store, h(1));
+        hub.create(s, 0, spec("b", "b"), &store, h(1));
+        hub.create(s, 0, WatchSpec { range_end: vec![0].into(), ..spec("b", "") }, &store, h(1));
+        hub.create(s, 0, spec("x", ""), &store, h(1));
+        let refused = |reason: &str| WatchUpdate::Canceled {
+            watch_id: -1,
+            header: h(1),
+            compact_revision: 0,
+            reason: reason.to_string(),
+            created: true,
+        };
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                refused(EMPTY_RANGE),
+                refused(EMPTY_RANGE),
+                WatchUpdate::Created { watch_id: 0, header: h(1) },
+                refused(DUPLICATE_ID),
+            ]
+        );
+        assert_eq!(hub.watcher_count(), 1);
     }
 }

@@ -998,4 +998,67 @@ mod tests {
         s.compact(&CompactionRequest { revision: 8, physical: true }).unwrap();
         assert_eq!(s.history_len(), 1, "k's deleted generation is gone entirely");
     }
+
+    /// etcd 3.5.1's answers to enum values out of range and to the sort and count options,
+    /// found by `server/tests/hostile_client.rs` against the real etcd.
+    #[test]
+    fn ranges_and_compares_answer_odd_options_as_etcd() {
+        let mut s = Store::new();
+        s.txn(&TxnRequest {
+            success: vec![put("k1", "c"), put("k2", "b"), put("k3", "a")],
+            ..Default::default()
+        })
+        .unwrap();
+        let all = RangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
+        let keys = |r: &RangeResponse| r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+        let r = s.range(&RangeRequest { count_only: true, limit: 1, ..all.clone() }).unwrap();
+        assert_eq!((r.count, r.more, r.kvs.len()), (3, false, 0), "a count-only range never says more");
+        // No order: only the first limit + 1 keys are sorted (k2 "b" before k1 "c").
+        let r = s
+            .range(&RangeRequest { sort_target: SortTarget::Value as i32, limit: 1, ..all.clone() })
+            .unwrap();
+        assert_eq!((keys(&r), r.more), (vec![Bytes::from("k2")], true));
+        // An order out of range sorts nothing; ties keep key order descending too.
+        let r = s
+            .range(&RangeRequest { sort_target: SortTarget::Value as i32, sort_order: 7, ..all.clone() })
+            .unwrap();
+        assert_eq!(keys(&r), ["k1", "k2", "k3"].map(Bytes::from));
+        let desc = RangeRequest {
+            sort_target: SortTarget::Version as i32,
+            sort_order: SortOrder::Descend as i32,
+            ..all
+        };
+        assert_eq!(keys(&s.range(&desc).unwrap()), ["k1", "k2", "k3"].map(Bytes::from));
+
+        let txn = |target: i32, result: i32| {
+            let c = Compare { key: "k1".into(), target, result, ..Default::default() };
+            let t = TxnRequest { compare: vec![c], ..Default::default() };
+            s.clone().txn(&t).unwrap().succeeded
+        };
+        assert!(txn(9, CompareResult::Equal as i32), "a target out of range compares equal");
+        assert!(!txn(9, CompareResult::Greater as i32));
+        assert!(txn(CompareTarget::Version as i32, 9), "a result out of range holds");
+    }
+
+    #[test]
+    fn txn_ranges_at_negative_revisions_and_nested_headers() {
+        let mut s = Store::new();
+        s.put(&PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).unwrap();
+        let at = |rev: i64| RequestOp {
+            request: Some(Op::RequestRange(RangeRequest {
+                key: "k".into(),
+                revision: rev,
+                ..Default::default()
+            })),
+        };
+        let one = |op: RequestOp| TxnRequest { success: vec![op], ..Default::default() };
+        // etcd's first readable revision is -1 before any compaction.
+        assert!(s.clone().txn(&one(at(-1))).is_ok());
+        assert_eq!(s.clone().txn(&one(at(-2))).unwrap_err(), MvccError::Compacted);
+        let nested = s.txn(&one(RequestOp { request: Some(Op::RequestTxn(one(at(0)))) })).unwrap();
+        let Some(OpResponse::ResponseTxn(inner)) = &nested.responses[0].response else { panic!() };
+        assert_eq!(inner.header, Some(ResponseHeader::default()), "etcd leaves a nested txn's header empty");
+        let Some(OpResponse::ResponseRange(r)) = &inner.responses[0].response else { panic!() };
+        assert_eq!(r.header.as_ref().map(|h| h.revision), Some(2), "its ops' headers keep the revision");
+    }
 }
