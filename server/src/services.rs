@@ -71,10 +71,26 @@ const SERVICES: [&str; 8] = [
     "v3electionpb.Election",
 ];
 
+/// tonic answers a method it does not serve `Unimplemented` with no message (Keel's own
+/// `Unimplemented` answers all have one): this gives it grpc-go's message.
+#[cfg(not(madsim))]
+async fn name_unknown_methods(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let headers = response.headers();
+    let unimplemented = headers.get("grpc-status").is_some_and(|v| v == "12");
+    if unimplemented && headers.get("grpc-message").is_none_or(|m| m.is_empty()) {
+        return unknown_method(&path);
+    }
+    response
+}
+
 /// grpc-go's answer to a method it does not serve: `/service/method` split at the last slash.
 #[cfg(not(madsim))]
-async fn unknown_method(uri: axum::http::Uri) -> axum::response::Response {
-    let path = uri.path();
+fn unknown_method(path: &str) -> axum::response::Response {
     let name = path.strip_prefix('/').unwrap_or(path);
     let status = match name.rsplit_once('/') {
         None => Status::unimplemented(format!("malformed method name: {path:?}")),
@@ -100,7 +116,15 @@ impl Services {
         quota_bytes: Option<u64>,
     ) -> Self {
         let raft_header_bytes = raft_header_bytes(self_member.id);
-        Services { node, self_member, max_request_bytes, max_txn_ops, lease_ids, quota_bytes, raft_header_bytes }
+        Services {
+            node,
+            self_member,
+            max_request_bytes,
+            max_txn_ops,
+            lease_ids,
+            quota_bytes,
+            raft_header_bytes,
+        }
     }
 
     /// etcd's gRPC services and, on the same port, its HTTP endpoints (`/health`, `/version`,
@@ -118,9 +142,11 @@ impl Services {
             .add_service(ElectionServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max));
         // grpc-go's bound and error for an over-long message, in front of every service.
-        let grpc = grpc.into_axum_router().fallback(unknown_method).layer(tower::util::MapRequestLayer::new(
-            move |request: axum::http::Request<axum::body::Body>| crate::limit::limit_request(request, max),
-        ));
+        let grpc = grpc.into_axum_router().layer(axum::middleware::from_fn(name_unknown_methods)).layer(
+            tower::util::MapRequestLayer::new(move |request: axum::http::Request<axum::body::Body>| {
+                crate::limit::limit_request(request, max)
+            }),
+        );
         let http = crate::http::routes(grpc, node, max);
         tonic::transport::Server::builder().accept_http1(true).add_routes(tonic::service::Routes::from(http))
     }
@@ -233,8 +259,9 @@ impl Services {
 /// they reach the log.
 fn check_alarm(req: &AlarmRequest) -> Result<(), Status> {
     use alarm_request::AlarmAction;
-    let action = AlarmAction::try_from(req.action)
-        .map_err(|_| invalid(&format!("keel: alarm action {} is not GET, ACTIVATE or DEACTIVATE", req.action)))?;
+    let action = AlarmAction::try_from(req.action).map_err(|_| {
+        invalid(&format!("keel: alarm action {} is not GET, ACTIVATE or DEACTIVATE", req.action))
+    })?;
     if action == AlarmAction::Activate && AlarmType::try_from(req.alarm).is_err() {
         return Err(invalid(&format!("keel: alarm type {} is not NONE, NOSPACE or CORRUPT", req.alarm)));
     }
@@ -366,14 +393,18 @@ fn txn_read_only(t: &TxnRequest) -> bool {
 /// (etcd has no such bound; with the default `--max-txn-ops` its op budget ends nesting at 129
 /// levels, which this check passes once the apply path decodes that deep.)
 fn check_applicable(t: &TxnRequest) -> Result<(), Status> {
-    let nested = t.success.iter().chain(t.failure.iter()).any(|op| matches!(op.request, Some(request_op::Request::RequestTxn(_))));
+    let nested = t
+        .success
+        .iter()
+        .chain(t.failure.iter())
+        .any(|op| matches!(op.request, Some(request_op::Request::RequestTxn(_))));
     if !nested {
         return Ok(());
     }
     let entry = keel_core::pb::keelpb::Request { id: u64::MAX, op: Some(Op::Txn(t.clone())) }.encode_to_vec();
     match keel_core::pb::keelpb::Request::decode(&entry[..]) {
         Ok(_) => Ok(()),
-        Err(e) => Err(invalid(&format!("keel: txn nested deeper than this member can apply ({e})"))),
+        Err(_) => Err(invalid("keel: txn nested deeper than this member can apply")),
     }
 }
 
@@ -987,7 +1018,11 @@ impl Watch for Services {
                         let filters = |f: watch_create_request::FilterType| c.filters.contains(&(f as i32));
                         let spec = WatchSpec {
                             // etcd watches the smallest key, "\0", for an empty one.
-                            key: if c.key.is_empty() { bytes::Bytes::from_static(&[0]) } else { c.key.clone() },
+                            key: if c.key.is_empty() {
+                                bytes::Bytes::from_static(&[0])
+                            } else {
+                                c.key.clone()
+                            },
                             range_end: c.range_end.clone(),
                             start_revision: c.start_revision,
                             no_put: filters(watch_create_request::FilterType::Noput),
@@ -996,7 +1031,8 @@ impl Watch for Services {
                             progress_notify: c.progress_notify,
                         };
                         // The hub refuses an empty range or an id in use; neither takes an id.
-                        let id = if spec.is_empty_range() || in_use.contains(&c.watch_id) {
+                        let id = if spec.is_empty_range() || (c.watch_id != 0 && in_use.contains(&c.watch_id))
+                        {
                             c.watch_id
                         } else if c.watch_id != 0 {
                             in_use.insert(c.watch_id);

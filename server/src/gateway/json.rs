@@ -164,7 +164,10 @@ fn int<T: TryFrom<i128> + std::str::FromStr>(v: &Value, go_type: &str) -> Result
                 Err(e) => return Err(e),
             };
             if let Some(c) = s.as_bytes()[end..].iter().find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
-                return Err(format!("invalid character {} after top-level value", super::syntax::quote_char(*c)));
+                return Err(format!(
+                    "invalid character {} after top-level value",
+                    super::syntax::quote_char(*c)
+                ));
             }
             let text = s[..end].trim_start_matches([' ', '\t', '\n', '\r']);
             match serde_json::from_str::<Value>(text) {
