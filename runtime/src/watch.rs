@@ -143,17 +143,29 @@ impl WatchHub {
         (self.next_stream, rx)
     }
 
+    /// Forgets a stream and its watchers: only its own watchers are visited (a scan of every
+    /// watcher per stream made closing 10,000 streams at once hold up the node task for
+    /// seconds, and their memory with it).
     pub fn close_stream(&mut self, stream: u64) {
         self.streams.remove(&stream);
-        self.watchers.retain(|(s, _), _| *s != stream);
+        let ids: Vec<i64> =
+            self.watchers.range((stream, i64::MIN)..=(stream, i64::MAX)).map(|((_, id), _)| *id).collect();
+        for id in ids {
+            self.watchers.remove(&(stream, id));
+        }
     }
 
-    /// Forgets streams whose client stopped reading (the receiving end is gone).
+    /// Forgets streams whose client stopped reading (the receiving end is gone). The stream
+    /// table gives back its room once most of it is free, so that a burst of streams leaves
+    /// nothing behind.
     pub fn purge_closed(&mut self) {
         let closed: Vec<u64> =
             self.streams.iter().filter(|(_, tx)| tx.is_closed()).map(|(id, _)| *id).collect();
         for s in closed {
             self.close_stream(s);
+        }
+        if self.streams.capacity() > 64 && self.streams.len() < self.streams.capacity() / 4 {
+            self.streams.shrink_to_fit();
         }
     }
 
@@ -606,5 +618,23 @@ mod tests {
             ]
         );
         assert_eq!(hub.watcher_count(), 1);
+    }
+
+    #[test]
+    fn closing_a_stream_forgets_its_watchers_only() {
+        let store = Store::new();
+        let mut hub = WatchHub::new();
+        let streams: Vec<_> = (0..3).map(|_| hub.open_stream()).collect();
+        for (s, _) in &streams {
+            for id in 0..5 {
+                hub.create(*s, id, WatchSpec { key: "k".into(), ..Default::default() }, &store, h(1));
+            }
+        }
+        hub.close_stream(streams[1].0);
+        assert_eq!(hub.watcher_count(), 10);
+        let mut streams = streams;
+        streams.truncate(1); // The last stream's receiver goes away.
+        hub.purge_closed();
+        assert_eq!(hub.watcher_count(), 5, "the stream nobody reads is forgotten too");
     }
 }
