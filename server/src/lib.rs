@@ -14,6 +14,8 @@ mod gateway;
 mod http;
 #[cfg(not(madsim))]
 mod limit;
+#[cfg(not(madsim))]
+mod memory;
 pub mod pb;
 mod peer;
 mod recipes;

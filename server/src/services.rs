@@ -1085,9 +1085,16 @@ impl Watch for Services {
             }
         });
         let end = || futures::stream::iter([None]);
+        #[cfg(not(madsim))]
+        let closed = crate::memory::ClosedGuard;
         let out = futures::stream::select(updates.chain(end()), failed.chain(end()))
             .take_while(|item| futures::future::ready(item.is_some()))
-            .filter_map(futures::future::ready);
+            .filter_map(move |item| {
+                // Dropped with the stream: counts its end (see `crate::memory`).
+                #[cfg(not(madsim))]
+                let _ = &closed;
+                futures::future::ready(item)
+            });
         Ok(Response::new(Box::pin(out)))
     }
 }
