@@ -43,10 +43,27 @@ pub struct WatchSpec {
 /// What the hub tells a client stream; the server turns it into a `WatchResponse`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchUpdate {
-    Created { watch_id: i64, header: ResponseHeader },
-    Events { watch_id: i64, header: ResponseHeader, events: Vec<Event> },
-    Canceled { watch_id: i64, header: ResponseHeader, compact_revision: i64, reason: String },
-    Progress { header: ResponseHeader },
+    Created {
+        watch_id: i64,
+        header: ResponseHeader,
+    },
+    Events {
+        watch_id: i64,
+        header: ResponseHeader,
+        events: Vec<Event>,
+    },
+    /// `created`: the watch was refused at its creation (etcd answers such a create with
+    /// `created` and `canceled` both set and watch id -1).
+    Canceled {
+        watch_id: i64,
+        header: ResponseHeader,
+        compact_revision: i64,
+        reason: String,
+        created: bool,
+    },
+    Progress {
+        header: ResponseHeader,
+    },
 }
 
 struct Watcher {
@@ -66,14 +83,31 @@ pub struct WatchHub {
     next_stream: u64,
 }
 
-/// Tells a client its watch was not created (or is canceled), and why.
-fn refuse(tx: &mpsc::Sender<WatchUpdate>, watch_id: i64, header: ResponseHeader, reason: &str) {
+/// Why etcd's `watchStream.Watch` refuses a watch whose range end is at or below its key.
+pub const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// Why etcd's `watchStream.Watch` refuses a client-chosen watch id already in use on the stream.
+pub const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// Why Keel refuses a watch beyond its bounds on watchers (etcd has none).
+pub const TOO_MANY_WATCHERS: &str = "etcdserver: too many watchers";
+
+/// Tells a client its watch was not created, and why: as etcd, a response that is both
+/// `created` and `canceled`, with watch id -1.
+fn refuse(tx: &mpsc::Sender<WatchUpdate>, header: ResponseHeader, reason: &str) {
     let _ = tx.try_send(WatchUpdate::Canceled {
-        watch_id,
+        watch_id: -1,
         header,
         compact_revision: 0,
         reason: reason.to_string(),
+        created: true,
     });
+}
+
+impl WatchSpec {
+    /// etcd's check: a range end other than `"\0"` (every key from the key on) at or below the
+    /// key selects nothing.
+    pub fn is_empty_range(&self) -> bool {
+        !self.range_end.is_empty() && self.range_end[..] != [0] && self.key >= self.range_end
+    }
 }
 
 impl WatchSpec {
@@ -109,17 +143,29 @@ impl WatchHub {
         (self.next_stream, rx)
     }
 
+    /// Forgets a stream and its watchers: only its own watchers are visited (a scan of every
+    /// watcher per stream made closing 10,000 streams at once hold up the node task for
+    /// seconds, and their memory with it).
     pub fn close_stream(&mut self, stream: u64) {
         self.streams.remove(&stream);
-        self.watchers.retain(|(s, _), _| *s != stream);
+        let ids: Vec<i64> =
+            self.watchers.range((stream, i64::MIN)..=(stream, i64::MAX)).map(|((_, id), _)| *id).collect();
+        for id in ids {
+            self.watchers.remove(&(stream, id));
+        }
     }
 
-    /// Forgets streams whose client stopped reading (the receiving end is gone).
+    /// Forgets streams whose client stopped reading (the receiving end is gone). The stream
+    /// table gives back its room once most of it is free, so that a burst of streams leaves
+    /// nothing behind.
     pub fn purge_closed(&mut self) {
         let closed: Vec<u64> =
             self.streams.iter().filter(|(_, tx)| tx.is_closed()).map(|(id, _)| *id).collect();
         for s in closed {
             self.close_stream(s);
+        }
+        if self.streams.capacity() > 64 && self.streams.len() < self.streams.capacity() / 4 {
+            self.streams.shrink_to_fit();
         }
     }
 
@@ -137,14 +183,19 @@ impl WatchHub {
         header: ResponseHeader,
     ) {
         let Some(tx) = self.streams.get(&stream) else { return };
-        let on_stream = self.watchers.range((stream, i64::MIN)..=(stream, i64::MAX)).count();
-        if on_stream >= WATCHERS_PER_STREAM_MAX || self.watchers.len() >= WATCHERS_MAX {
-            refuse(tx, watch_id, header, "etcdserver: too many watchers");
+        // In etcd's order: the range, then the id, then (Keel's own) the bounds.
+        if spec.is_empty_range() {
+            refuse(tx, header, EMPTY_RANGE);
             return;
         }
         if self.watchers.contains_key(&(stream, watch_id)) {
             // A client-chosen id already in use: refuse it, keep the existing watcher.
-            refuse(tx, watch_id, header, "mvcc: duplicate watch ID provided on the WatchStream");
+            refuse(tx, header, DUPLICATE_ID);
+            return;
+        }
+        let on_stream = self.watchers.range((stream, i64::MIN)..=(stream, i64::MAX)).count();
+        if on_stream >= WATCHERS_PER_STREAM_MAX || self.watchers.len() >= WATCHERS_MAX {
+            refuse(tx, header, TOO_MANY_WATCHERS);
             return;
         }
         if tx.try_send(WatchUpdate::Created { watch_id, header }).is_err() {
@@ -165,6 +216,7 @@ impl WatchHub {
                     header,
                     compact_revision: 0,
                     reason: String::new(),
+                    created: false,
                 });
             }
         }
@@ -257,6 +309,7 @@ impl WatchHub {
                             header,
                             compact_revision: store.compacted(),
                             reason: MvccError::Compacted.to_string(),
+                            created: false,
                         });
                         canceled.push((*stream, *watch_id));
                         break;
@@ -530,5 +583,58 @@ mod tests {
         let got = drain(&mut rx);
         assert_eq!(revisions(&got), vec![3], "only the delete passes NOPUT");
         assert!(matches!(got.last(), Some(WatchUpdate::Progress { header }) if header.revision == 3));
+    }
+
+    /// etcd's `watchStream.Watch` refusals, as etcd 3.5.1 answers them: created and canceled at
+    /// once, watch id -1, the reason; the existing watcher keeps its id.
+    #[test]
+    fn empty_ranges_and_ids_in_use_are_refused_as_etcd_refuses_them() {
+        let store = Store::new();
+        let mut hub = WatchHub::new();
+        let (s, mut rx) = hub.open_stream();
+        let spec = |k: &str, end: &str| WatchSpec {
+            key: k.to_string().into(),
+            range_end: end.to_string().into(),
+            ..Default::default()
+        };
+        hub.create(s, 0, spec("b", "a"), &store, h(1));
+        hub.create(s, 0, spec("b", "b"), &store, h(1));
+        hub.create(s, 0, WatchSpec { range_end: vec![0].into(), ..spec("b", "") }, &store, h(1));
+        hub.create(s, 0, spec("x", ""), &store, h(1));
+        let refused = |reason: &str| WatchUpdate::Canceled {
+            watch_id: -1,
+            header: h(1),
+            compact_revision: 0,
+            reason: reason.to_string(),
+            created: true,
+        };
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                refused(EMPTY_RANGE),
+                refused(EMPTY_RANGE),
+                WatchUpdate::Created { watch_id: 0, header: h(1) },
+                refused(DUPLICATE_ID),
+            ]
+        );
+        assert_eq!(hub.watcher_count(), 1);
+    }
+
+    #[test]
+    fn closing_a_stream_forgets_its_watchers_only() {
+        let store = Store::new();
+        let mut hub = WatchHub::new();
+        let streams: Vec<_> = (0..3).map(|_| hub.open_stream()).collect();
+        for (s, _) in &streams {
+            for id in 0..5 {
+                hub.create(*s, id, WatchSpec { key: "k".into(), ..Default::default() }, &store, h(1));
+            }
+        }
+        hub.close_stream(streams[1].0);
+        assert_eq!(hub.watcher_count(), 10);
+        let mut streams = streams;
+        streams.truncate(1); // The last stream's receiver goes away.
+        hub.purge_closed();
+        assert_eq!(hub.watcher_count(), 5, "the stream nobody reads is forgotten too");
     }
 }

@@ -13,6 +13,9 @@ pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
 pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+/// etcd's answer to a txn op with no request set (`ErrGRPCKeyNotFound`, from the default case
+/// of its `checkRequestOp`).
+pub const OP_NOT_SET: &str = "etcdserver: key not found";
 pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 
 pub fn invalid(msg: &str) -> Status {

@@ -152,6 +152,9 @@ impl Gateway {
     /// The request frames of a body: its first JSON value for a unary or server-stream method
     /// (none: an empty request), every value for a bidirectional stream.
     fn frames<Req: FromJson + prost::Message>(&self, kind: Kind, body: &[u8]) -> Result<Vec<u8>, Status> {
+        // Go's decoder reads bytes that are not UTF-8 as U+FFFD.
+        let body = String::from_utf8_lossy(body);
+        let body = body.as_bytes();
         let mut frames = Vec::new();
         match kind {
             Kind::Unary | Kind::ServerStream => {
@@ -182,10 +185,7 @@ impl Gateway {
     fn frame(&self, m: &impl prost::Message, out: &mut Vec<u8>) -> Result<(), Status> {
         let len = m.encoded_len();
         if len > self.message_bytes_max {
-            return Err(Status::resource_exhausted(format!(
-                "grpc: received message larger than max ({len} vs. {})",
-                self.message_bytes_max
-            )));
+            return Err(crate::limit::too_large(len, self.message_bytes_max));
         }
         out.reserve(5 + len);
         out.push(0);

@@ -12,6 +12,10 @@ pub mod errors;
 mod gateway;
 #[cfg(not(madsim))]
 mod http;
+#[cfg(not(madsim))]
+mod limit;
+#[cfg(not(madsim))]
+mod memory;
 pub mod pb;
 mod peer;
 mod recipes;

@@ -39,6 +39,9 @@ pub(crate) struct Services {
     lease_ids: std::sync::Arc<std::sync::Mutex<LeaseIdGen>>,
     /// `--quota-backend-bytes` resolved (`None`: no quota).
     quota_bytes: Option<u64>,
+    /// What etcd's `InternalRaftRequest` header adds to a replicated request (its request id
+    /// is as long as this member's), counted by [`Services::check_size`].
+    raft_header_bytes: usize,
 }
 
 /// etcd's answer to most requests a learner receives.
@@ -55,6 +58,50 @@ pub(crate) fn refuse_learner(node: &NodeHandle) -> Result<(), Status> {
     Ok(())
 }
 
+/// The gRPC services on the client port, as grpc-go names them in its errors.
+#[cfg(not(madsim))]
+const SERVICES: [&str; 8] = [
+    "etcdserverpb.KV",
+    "etcdserverpb.Watch",
+    "etcdserverpb.Lease",
+    "etcdserverpb.Cluster",
+    "etcdserverpb.Maintenance",
+    "etcdserverpb.Auth",
+    "v3lockpb.Lock",
+    "v3electionpb.Election",
+];
+
+/// tonic answers a method it does not serve `Unimplemented` with no message (Keel's own
+/// `Unimplemented` answers all have one): this gives it grpc-go's message.
+#[cfg(not(madsim))]
+async fn name_unknown_methods(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let headers = response.headers();
+    let unimplemented = headers.get("grpc-status").is_some_and(|v| v == "12");
+    if unimplemented && headers.get("grpc-message").is_none_or(|m| m.is_empty()) {
+        return unknown_method(&path);
+    }
+    response
+}
+
+/// grpc-go's answer to a method it does not serve: `/service/method` split at the last slash.
+#[cfg(not(madsim))]
+fn unknown_method(path: &str) -> axum::response::Response {
+    let name = path.strip_prefix('/').unwrap_or(path);
+    let status = match name.rsplit_once('/') {
+        None => Status::unimplemented(format!("malformed method name: {path:?}")),
+        Some((service, method)) if SERVICES.contains(&service) => {
+            Status::unimplemented(format!("unknown method {method} for service {service}"))
+        }
+        Some((service, _)) => Status::unimplemented(format!("unknown service {service}")),
+    };
+    status.into_http()
+}
+
 fn unimplemented(what: &str, issue: u32) -> Status {
     Status::unimplemented(format!("keel: {what} is not implemented yet (issue #{issue})"))
 }
@@ -68,7 +115,16 @@ impl Services {
         lease_ids: std::sync::Arc<std::sync::Mutex<LeaseIdGen>>,
         quota_bytes: Option<u64>,
     ) -> Self {
-        Services { node, self_member, max_request_bytes, max_txn_ops, lease_ids, quota_bytes }
+        let raft_header_bytes = raft_header_bytes(self_member.id);
+        Services {
+            node,
+            self_member,
+            max_request_bytes,
+            max_txn_ops,
+            lease_ids,
+            quota_bytes,
+            raft_header_bytes,
+        }
     }
 
     /// etcd's gRPC services and, on the same port, its HTTP endpoints (`/health`, `/version`,
@@ -85,7 +141,13 @@ impl Services {
             .add_service(LockServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ElectionServer::new(crate::recipes::Recipes { node: self.node.clone() }))
             .add_service(ClusterServer::new(self).max_decoding_message_size(max));
-        let http = crate::http::routes(grpc.into_axum_router(), node, max);
+        // grpc-go's bound and error for an over-long message, in front of every service.
+        let grpc = grpc.into_axum_router().layer(axum::middleware::from_fn(name_unknown_methods)).layer(
+            tower::util::MapRequestLayer::new(move |request: axum::http::Request<axum::body::Body>| {
+                crate::limit::limit_request(request, max)
+            }),
+        );
+        let http = crate::http::routes(grpc, node, max);
         tonic::transport::Server::builder().accept_http1(true).add_routes(tonic::service::Routes::from(http))
     }
 
@@ -104,39 +166,51 @@ impl Services {
             .add_service(ClusterServer::new(self).max_decoding_message_size(max))
     }
 
-    fn check_size(&self, m: &impl prost::Message) -> Result<(), Status> {
-        if m.encoded_len() > self.max_request_bytes {
+    /// etcd's size check on what it replicates: the request wrapped in an `InternalRaftRequest`
+    /// (field `field` of it) with a header holding a request id, marshalled, may not exceed
+    /// `--max-request-bytes`. Only requests that go through the log are checked: etcd serves
+    /// ranges and read-only txns without it.
+    fn check_size(&self, field: u32, m: &impl prost::Message) -> Result<(), Status> {
+        let n = m.encoded_len();
+        let wrapped = self.raft_header_bytes
+            + prost::encoding::key_len(field)
+            + prost::encoding::encoded_len_varint(n as u64)
+            + n;
+        if wrapped > self.max_request_bytes {
             return Err(invalid(errors::REQUEST_TOO_LARGE));
         }
         Ok(())
     }
 
-    /// etcd's `checkTxnRequest`: op counts, then every op as its own request would be checked.
-    fn check_txn(&self, t: &TxnRequest) -> Result<(), Status> {
+    /// etcd's `checkTxnRequest`: at each level the op count (the longest of compare, success
+    /// and failure) must be within `budget`, which starts at `--max-txn-ops` and shrinks by each
+    /// level's count for the txns nested in it; then every op is checked as its own request
+    /// would be.
+    fn check_txn(&self, t: &TxnRequest, budget: usize) -> Result<(), Status> {
         let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
-        if ops > self.max_txn_ops {
+        if ops > budget {
             return Err(invalid(errors::TOO_MANY_OPS));
         }
         if t.compare.iter().any(|c| c.key.is_empty()) {
             return Err(invalid(errors::KEY_NOT_PROVIDED));
         }
         for op in t.success.iter().chain(t.failure.iter()) {
-            self.check_op(op)?;
+            self.check_op(op, budget - ops)?;
         }
         Ok(())
     }
 
-    fn check_op(&self, op: &RequestOp) -> Result<(), Status> {
+    /// etcd's `checkRequestOp`; an op with no request set is refused as etcd refuses it.
+    fn check_op(&self, op: &RequestOp, budget: usize) -> Result<(), Status> {
         match &op.request {
-            Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
-                Err(invalid(errors::KEY_NOT_PROVIDED))
-            }
+            Some(request_op::Request::RequestRange(r)) => check_range(r),
             Some(request_op::Request::RequestPut(p)) => check_put(p),
             Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
                 Err(invalid(errors::KEY_NOT_PROVIDED))
             }
-            Some(request_op::Request::RequestTxn(t)) => self.check_txn(t),
-            _ => Ok(()),
+            Some(request_op::Request::RequestDeleteRange(_)) => Ok(()),
+            Some(request_op::Request::RequestTxn(t)) => self.check_txn(t, budget),
+            None => Err(invalid(errors::OP_NOT_SET)),
         }
     }
 
@@ -179,6 +253,21 @@ impl Services {
     }
 }
 
+/// What etcd 3.5.1 cannot answer: an alarm action out of range (it applies it as nothing and
+/// then crashes on the missing response) and the activation of an alarm type out of range (its
+/// apply loop panics on it, on every member, again at every restart). Keel refuses both before
+/// they reach the log.
+fn check_alarm(req: &AlarmRequest) -> Result<(), Status> {
+    use alarm_request::AlarmAction;
+    let action = AlarmAction::try_from(req.action).map_err(|_| {
+        invalid(&format!("keel: alarm action {} is not GET, ACTIVATE or DEACTIVATE", req.action))
+    })?;
+    if action == AlarmAction::Activate && AlarmType::try_from(req.alarm).is_err() {
+        return Err(invalid(&format!("keel: alarm type {} is not NONE, NOSPACE or CORRUPT", req.alarm)));
+    }
+    Ok(())
+}
+
 /// An alarm as etcd prints it (protobuf's text form): `memberID:<id> alarm:NOSPACE `, the
 /// form `etcdctl alarm list` shows and endpoint status lists among its errors.
 fn alarm_text(a: &AlarmMember) -> String {
@@ -209,10 +298,7 @@ impl Kv for Services {
         if !req.serializable {
             self.learner_check()?;
         }
-        self.check_size(&req)?;
-        if req.key.is_empty() {
-            return Err(invalid(errors::KEY_NOT_PROVIDED));
-        }
+        check_range(&req)?;
         self.node.range(req).await.map(Response::new).map_err(request_status)
     }
 
@@ -220,8 +306,8 @@ impl Kv for Services {
         self.learner_check()?;
         let req = request.into_inner();
         self.check_quota(keel_core::quota::put_cost(&req)).await?;
-        self.check_size(&req)?;
         check_put(&req)?;
+        self.check_size(RAFT_PUT_FIELD, &req)?;
         match self.write(Op::Put(req)).await? {
             WriteResponse::Put(r) => Ok(Response::new(r)),
             other => Err(Status::internal(format!("put answered with {other:?}"))),
@@ -234,10 +320,10 @@ impl Kv for Services {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.learner_check()?;
         let req = request.into_inner();
-        self.check_size(&req)?;
         if req.key.is_empty() {
             return Err(invalid(errors::KEY_NOT_PROVIDED));
         }
+        self.check_size(RAFT_DELETE_RANGE_FIELD, &req)?;
         match self.write(Op::DeleteRange(req)).await? {
             WriteResponse::DeleteRange(r) => Ok(Response::new(r)),
             other => Err(Status::internal(format!("delete answered with {other:?}"))),
@@ -248,11 +334,13 @@ impl Kv for Services {
         self.learner_check()?;
         let req = request.into_inner();
         self.check_quota(keel_core::quota::txn_cost(&req)).await?;
-        self.check_size(&req)?;
-        self.check_txn(&req)?;
+        self.check_txn(&req, self.max_txn_ops)?;
         // Checked after the cheap checks, as etcd does, to avoid quadratic work on bad input.
         if !txn_keys_disjoint(&req.success) || !txn_keys_disjoint(&req.failure) {
             return Err(invalid(errors::DUPLICATE_KEY));
+        }
+        if !txn_read_only(&req) {
+            self.check_size(RAFT_TXN_FIELD, &req)?;
         }
         match self.write(Op::Txn(req)).await? {
             WriteResponse::Txn(r) => Ok(Response::new(r)),
@@ -271,6 +359,53 @@ impl Kv for Services {
             other => Err(Status::internal(format!("compaction answered with {other:?}"))),
         }
     }
+}
+
+/// The fields of etcd's `InternalRaftRequest` that carry a put, a delete and a txn.
+const RAFT_PUT_FIELD: u32 = 4;
+const RAFT_DELETE_RANGE_FIELD: u32 = 5;
+const RAFT_TXN_FIELD: u32 = 6;
+/// The field of etcd's `InternalRaftRequest` holding its `RequestHeader`.
+const RAFT_HEADER_FIELD: u32 = 100;
+
+/// The bytes etcd's `InternalRaftRequest` header takes: the header field holding a
+/// `RequestHeader` whose only field set is the request id. etcd's ids are the member id's low
+/// 16 bits, then 40 bits of milliseconds and 8 of a count: their varint length is fixed by the
+/// member id (the time bits only matter when its low 16 bits are 0; then the widest is taken).
+fn raft_header_bytes(member_id: u64) -> usize {
+    let id = ((member_id & 0xffff) << 48) | (((1u64 << 40) - 1) << 8);
+    let header = prost::encoding::key_len(1) + prost::encoding::encoded_len_varint(id);
+    prost::encoding::key_len(RAFT_HEADER_FIELD) + prost::encoding::encoded_len_varint(header as u64) + header
+}
+
+/// etcd's `isTxnReadonly`: no put or delete at any level.
+fn txn_read_only(t: &TxnRequest) -> bool {
+    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(_)) | None => true,
+        Some(request_op::Request::RequestTxn(t)) => txn_read_only(t),
+        Some(request_op::Request::RequestPut(_) | request_op::Request::RequestDeleteRange(_)) => false,
+    })
+}
+
+/// etcd's `checkRangeRequest`, and what would crash etcd 3.5.1: a sort target out of range
+/// that it would sort by (its sorter is nil then), refused here instead.
+fn check_range(req: &RangeRequest) -> Result<(), Status> {
+    use range_request::{SortOrder, SortTarget};
+    if req.key.is_empty() {
+        return Err(invalid(errors::KEY_NOT_PROVIDED));
+    }
+    let target_known = SortTarget::try_from(req.sort_target).is_ok();
+    // etcd sorts by a target other than the key ascending when no order is given.
+    let sorts = req.sort_order == SortOrder::Ascend as i32
+        || req.sort_order == SortOrder::Descend as i32
+        || req.sort_order == SortOrder::None as i32;
+    if !target_known && sorts {
+        return Err(invalid(&format!(
+            "keel: range sort_target {} is not KEY, VERSION, CREATE, MOD or VALUE",
+            req.sort_target
+        )));
+    }
+    Ok(())
 }
 
 /// etcd's `checkPutRequest`.
@@ -297,6 +432,7 @@ impl Maintenance for Services {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         self.learner_check()?;
         let req = request.into_inner();
+        check_alarm(&req)?;
         if req.action == alarm_request::AlarmAction::Get as i32 {
             let s = self.node.status().await.map_err(request_status)?;
             let alarms = s
@@ -780,9 +916,10 @@ fn watch_response(update: WatchUpdate) -> WatchResponse {
         WatchUpdate::Events { watch_id, header, events } => {
             WatchResponse { header: Some(header), watch_id, events, ..Default::default() }
         }
-        WatchUpdate::Canceled { watch_id, header, compact_revision, reason } => WatchResponse {
+        WatchUpdate::Canceled { watch_id, header, compact_revision, reason, created } => WatchResponse {
             header: Some(header),
             watch_id,
+            created,
             canceled: true,
             compact_revision,
             cancel_reason: reason,
@@ -838,25 +975,33 @@ impl Watch for Services {
         let fragmenting = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::<i64>::new()));
         let limit = self.max_request_bytes;
         let out_fragmenting = fragmenting.clone();
+        // A request that cannot be read (too large, not protobuf) ends the call with its error,
+        // as etcd's recvLoop error ends its Watch.
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<Status>();
         tokio::spawn(async move {
-            // Watch ids are per stream; automatic ones count up from 0, skipping ids in use.
+            // Watch ids are per stream; automatic ones count up from 0 and, as etcd's, are never
+            // handed out twice on a stream (nor one a client chose and still uses).
             let mut in_use = std::collections::HashSet::new();
             let mut next_id: i64 = 0;
-            while let Ok(Some(req)) = inbound.message().await {
+            loop {
+                let req = match inbound.message().await {
+                    Ok(Some(req)) => req,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = failed_tx.send(status);
+                        break;
+                    }
+                };
                 let sent = match req.request_union {
                     Some(watch_request::RequestUnion::CreateRequest(c)) => {
-                        let id = if c.watch_id != 0 {
-                            c.watch_id
-                        } else {
-                            while in_use.contains(&next_id) {
-                                next_id += 1;
-                            }
-                            next_id
-                        };
-                        in_use.insert(id);
                         let filters = |f: watch_create_request::FilterType| c.filters.contains(&(f as i32));
                         let spec = WatchSpec {
-                            key: c.key.clone(),
+                            // etcd watches the smallest key, "\0", for an empty one.
+                            key: if c.key.is_empty() {
+                                bytes::Bytes::from_static(&[0])
+                            } else {
+                                c.key.clone()
+                            },
                             range_end: c.range_end.clone(),
                             start_revision: c.start_revision,
                             no_put: filters(watch_create_request::FilterType::Noput),
@@ -864,9 +1009,24 @@ impl Watch for Services {
                             prev_kv: c.prev_kv,
                             progress_notify: c.progress_notify,
                         };
+                        // The hub refuses an empty range or an id in use; neither takes an id.
+                        let id = if spec.is_empty_range() || (c.watch_id != 0 && in_use.contains(&c.watch_id))
+                        {
+                            c.watch_id
+                        } else if c.watch_id != 0 {
+                            in_use.insert(c.watch_id);
+                            c.watch_id
+                        } else {
+                            while in_use.contains(&next_id) {
+                                next_id += 1;
+                            }
+                            in_use.insert(next_id);
+                            next_id += 1;
+                            next_id - 1
+                        };
                         if c.fragment {
                             fragmenting.lock().expect("fragment set").insert(id);
-                        } else {
+                        } else if !spec.is_empty_range() {
                             fragmenting.lock().expect("fragment set").remove(&id);
                         }
                         node.watch_create(stream, id, spec).await
@@ -887,13 +1047,33 @@ impl Watch for Services {
             // The client may only have closed its sending side: its watchers stay until it
             // stops reading (the node forgets streams nobody reads).
         });
-        let out =
+        let updates =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|update| (update, rx)) })
                 .flat_map(move |update| {
                     let resp = watch_response(update);
                     let frag = out_fragmenting.lock().expect("fragment set").contains(&resp.watch_id);
-                    futures::stream::iter(fragment(resp, frag, limit).into_iter().map(Ok))
+                    futures::stream::iter(fragment(resp, frag, limit).into_iter().map(|r| Some(Ok(r))))
                 });
+        // The updates until they end or a request fails to be read (then that failure); `None`
+        // marks the end of either.
+        let failed = futures::stream::once(async move {
+            match failed_rx.await {
+                Ok(status) => Some(Err(status)),
+                // The client closed its side: the updates go on.
+                Err(_) => std::future::pending().await,
+            }
+        });
+        let end = || futures::stream::iter([None]);
+        #[cfg(not(madsim))]
+        let closed = crate::memory::ClosedGuard;
+        let out = futures::stream::select(updates.chain(end()), failed.chain(end()))
+            .take_while(|item| futures::future::ready(item.is_some()))
+            .filter_map(move |item| {
+                // Dropped with the stream: counts its end (see `crate::memory`).
+                #[cfg(not(madsim))]
+                let _ = &closed;
+                futures::future::ready(item)
+            });
         Ok(Response::new(Box::pin(out)))
     }
 }

@@ -165,7 +165,12 @@ impl Writer<'_> {
                 Some(Op::RequestRange(r)) => OpResponse::ResponseRange(self.range(r)?),
                 Some(Op::RequestPut(p)) => OpResponse::ResponsePut(self.put(p)?),
                 Some(Op::RequestDeleteRange(d)) => OpResponse::ResponseDeleteRange(self.delete_range(d)),
-                Some(Op::RequestTxn(t)) => OpResponse::ResponseTxn(self.txn(t, path)?),
+                Some(Op::RequestTxn(t)) => {
+                    // etcd 3.5 leaves a nested txn's header empty (only its ops' carry the
+                    // revision), checked against etcd 3.5.1.
+                    let nested = self.txn(t, path)?;
+                    OpResponse::ResponseTxn(TxnResponse { header: Some(ResponseHeader::default()), ..nested })
+                }
                 None => continue,
             };
             responses.push(ResponseOp { response: Some(response) });
@@ -210,11 +215,10 @@ impl Writer<'_> {
         let rev = self.read_rev();
         let kvs: Vec<KeyValue> =
             self.store.select(&c.key, &c.range_end).filter_map(|(_, h)| h.at(rev).cloned()).collect();
-        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
         if kvs.is_empty() {
-            return target != CompareTarget::Value && compare_kv(c, target, &KeyValue::default());
+            return c.target != CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default());
         }
-        kvs.iter().all(|kv| compare_kv(c, target, kv))
+        kvs.iter().all(|kv| compare_kv(c, kv))
     }
 
     /// The errors a txn's chosen branch would hit, found before anything is written so that a
@@ -224,10 +228,13 @@ impl Writer<'_> {
         for op in if succeeded { &req.success } else { &req.failure } {
             match &op.request {
                 Some(Op::RequestRange(r)) => {
+                    // etcd's `checkRange`: any revision but 0 below the first readable one
+                    // fails, negative ones too (before any compaction etcd's is -1).
                     if r.revision > self.store.current {
                         return Err(MvccError::FutureRev);
                     }
-                    if r.revision > 0 && r.revision < self.store.compacted {
+                    let first = if self.store.compacted == 0 { -1 } else { self.store.compacted };
+                    if r.revision != 0 && r.revision < first {
                         return Err(MvccError::Compacted);
                     }
                 }
@@ -254,24 +261,29 @@ impl Writer<'_> {
     }
 }
 
-fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
-    let ordering = match (target, &c.target_union) {
-        (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value[..].cmp(&v[..]),
-        (CompareTarget::Value, _) => kv.value[..].cmp(&[][..]),
-        (CompareTarget::Version, Some(TargetUnion::Version(v))) => kv.version.cmp(v),
-        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
-        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
-        (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => kv.lease.cmp(v),
-        (CompareTarget::Version, _) => kv.version.cmp(&0),
-        (CompareTarget::Create, _) => kv.create_revision.cmp(&0),
-        (CompareTarget::Mod, _) => kv.mod_revision.cmp(&0),
-        (CompareTarget::Lease, _) => kv.lease.cmp(&0),
+/// etcd 3.5's `compareKV`, for any enum values a client sends: a target out of range compares
+/// as equal (its switch leaves the result at 0) and a result out of range holds (its switch
+/// falls through to `return true`), checked against etcd 3.5.1.
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let ordering = match (CompareTarget::try_from(c.target), &c.target_union) {
+        (Ok(CompareTarget::Value), Some(TargetUnion::Value(v))) => kv.value[..].cmp(&v[..]),
+        (Ok(CompareTarget::Value), _) => kv.value[..].cmp(&[][..]),
+        (Ok(CompareTarget::Version), Some(TargetUnion::Version(v))) => kv.version.cmp(v),
+        (Ok(CompareTarget::Create), Some(TargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
+        (Ok(CompareTarget::Mod), Some(TargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
+        (Ok(CompareTarget::Lease), Some(TargetUnion::Lease(v))) => kv.lease.cmp(v),
+        (Ok(CompareTarget::Version), _) => kv.version.cmp(&0),
+        (Ok(CompareTarget::Create), _) => kv.create_revision.cmp(&0),
+        (Ok(CompareTarget::Mod), _) => kv.mod_revision.cmp(&0),
+        (Ok(CompareTarget::Lease), _) => kv.lease.cmp(&0),
+        (Err(_), _) => std::cmp::Ordering::Equal,
     };
-    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
-        CompareResult::Equal => ordering.is_eq(),
-        CompareResult::NotEqual => ordering.is_ne(),
-        CompareResult::Greater => ordering.is_gt(),
-        CompareResult::Less => ordering.is_lt(),
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ordering.is_eq(),
+        Ok(CompareResult::NotEqual) => ordering.is_ne(),
+        Ok(CompareResult::Greater) => ordering.is_gt(),
+        Ok(CompareResult::Less) => ordering.is_lt(),
+        Err(_) => true,
     }
 }
 
@@ -441,29 +453,45 @@ impl Store {
                 && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
                 && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
         });
-        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
-        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-        // The selection is already in ascending key order; etcd sorts by any other target
-        // ascending when no order is given.
-        if target != SortTarget::Key && order == SortOrder::None {
-            order = SortOrder::Ascend;
+        // As etcd 3.5.1's range: without a sort order or a revision filter it reads only the
+        // first `limit + 1` keys (in key order) and sorts those, so a sort target without an
+        // order sorts only them.
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        if req.sort_order == SortOrder::None as i32 && !filtered && req.limit > 0 {
+            kvs.truncate(req.limit.saturating_add(1) as usize);
         }
-        if order != SortOrder::None {
-            kvs.sort_by(|a, b| match target {
-                SortTarget::Key => a.key.cmp(&b.key),
-                SortTarget::Version => a.version.cmp(&b.version),
-                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-                SortTarget::Value => a.value.cmp(&b.value),
-            });
-            if order == SortOrder::Descend {
-                kvs.reverse();
-            }
+        // A target other than the key sorts ascending when no order is given; an order out of
+        // range sorts nothing. A target out of range would crash etcd 3.5.1 (the server refuses
+        // it before it gets here); here it sorts nothing.
+        let mut order = req.sort_order;
+        if req.sort_target != SortTarget::Key as i32 && order == SortOrder::None as i32 {
+            order = SortOrder::Ascend as i32;
+        } else if req.sort_target == SortTarget::Key as i32 && order == SortOrder::Ascend as i32 {
+            order = SortOrder::None as i32; // The selection is in ascending key order already.
+        }
+        let by = |a: &KeyValue, b: &KeyValue| match SortTarget::try_from(req.sort_target) {
+            Ok(SortTarget::Key) => a.key.cmp(&b.key),
+            Ok(SortTarget::Version) => a.version.cmp(&b.version),
+            Ok(SortTarget::Create) => a.create_revision.cmp(&b.create_revision),
+            Ok(SortTarget::Mod) => a.mod_revision.cmp(&b.mod_revision),
+            Ok(SortTarget::Value) => a.value.cmp(&b.value),
+            Err(_) => std::cmp::Ordering::Equal,
+        };
+        // Stable both ways: keys that tie stay in key order, as etcd's insertion sort keeps
+        // them for small results (Go's sort is not stable beyond 12 elements).
+        if order == SortOrder::Ascend as i32 {
+            kvs.sort_by(by);
+        } else if order == SortOrder::Descend as i32 {
+            kvs.sort_by(|a, b| by(b, a));
         }
         let mut more = false;
         if req.limit > 0 && kvs.len() as i64 > req.limit {
             kvs.truncate(req.limit as usize);
-            more = true;
+            // etcd counts without reading the keys: a count-only range never says `more`.
+            more = !req.count_only;
         }
         if req.count_only {
             kvs.clear();
@@ -969,5 +997,68 @@ mod tests {
         assert_eq!(s.history_len(), 5, "k: v2, v3, v4, tombstone; j: x");
         s.compact(&CompactionRequest { revision: 8, physical: true }).unwrap();
         assert_eq!(s.history_len(), 1, "k's deleted generation is gone entirely");
+    }
+
+    /// etcd 3.5.1's answers to enum values out of range and to the sort and count options,
+    /// found by `server/tests/hostile_client.rs` against the real etcd.
+    #[test]
+    fn ranges_and_compares_answer_odd_options_as_etcd() {
+        let mut s = Store::new();
+        s.txn(&TxnRequest {
+            success: vec![put("k1", "c"), put("k2", "b"), put("k3", "a")],
+            ..Default::default()
+        })
+        .unwrap();
+        let all = RangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
+        let keys = |r: &RangeResponse| r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+        let r = s.range(&RangeRequest { count_only: true, limit: 1, ..all.clone() }).unwrap();
+        assert_eq!((r.count, r.more, r.kvs.len()), (3, false, 0), "a count-only range never says more");
+        // No order: only the first limit + 1 keys are sorted (k2 "b" before k1 "c").
+        let r = s
+            .range(&RangeRequest { sort_target: SortTarget::Value as i32, limit: 1, ..all.clone() })
+            .unwrap();
+        assert_eq!((keys(&r), r.more), (vec![Bytes::from("k2")], true));
+        // An order out of range sorts nothing; ties keep key order descending too.
+        let r = s
+            .range(&RangeRequest { sort_target: SortTarget::Value as i32, sort_order: 7, ..all.clone() })
+            .unwrap();
+        assert_eq!(keys(&r), ["k1", "k2", "k3"].map(Bytes::from));
+        let desc = RangeRequest {
+            sort_target: SortTarget::Version as i32,
+            sort_order: SortOrder::Descend as i32,
+            ..all
+        };
+        assert_eq!(keys(&s.range(&desc).unwrap()), ["k1", "k2", "k3"].map(Bytes::from));
+
+        let txn = |target: i32, result: i32| {
+            let c = Compare { key: "k1".into(), target, result, ..Default::default() };
+            let t = TxnRequest { compare: vec![c], ..Default::default() };
+            s.clone().txn(&t).unwrap().succeeded
+        };
+        assert!(txn(9, CompareResult::Equal as i32), "a target out of range compares equal");
+        assert!(!txn(9, CompareResult::Greater as i32));
+        assert!(txn(CompareTarget::Version as i32, 9), "a result out of range holds");
+    }
+
+    #[test]
+    fn txn_ranges_at_negative_revisions_and_nested_headers() {
+        let mut s = Store::new();
+        s.put(&PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).unwrap();
+        let at = |rev: i64| RequestOp {
+            request: Some(Op::RequestRange(RangeRequest {
+                key: "k".into(),
+                revision: rev,
+                ..Default::default()
+            })),
+        };
+        let one = |op: RequestOp| TxnRequest { success: vec![op], ..Default::default() };
+        // etcd's first readable revision is -1 before any compaction.
+        assert!(s.clone().txn(&one(at(-1))).is_ok());
+        assert_eq!(s.clone().txn(&one(at(-2))).unwrap_err(), MvccError::Compacted);
+        let nested = s.txn(&one(RequestOp { request: Some(Op::RequestTxn(one(at(0)))) })).unwrap();
+        let Some(OpResponse::ResponseTxn(inner)) = &nested.responses[0].response else { panic!() };
+        assert_eq!(inner.header, Some(ResponseHeader::default()), "etcd leaves a nested txn's header empty");
+        let Some(OpResponse::ResponseRange(r)) = &inner.responses[0].response else { panic!() };
+        assert_eq!(r.header.as_ref().map(|h| h.revision), Some(2), "its ops' headers keep the revision");
     }
 }

@@ -132,7 +132,8 @@ fn decode_bytes(v: &Value) -> Result<Bytes, String> {
         base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
             format!("illegal base64 data at input byte {at}")
         }
-        _ => format!("illegal base64 data at input byte {}", s.len()),
+        // Go reports an incomplete last quantum at its start.
+        _ => format!("illegal base64 data at input byte {}", s.len() / 4 * 4),
     })
 }
 
@@ -143,16 +144,42 @@ fn string(v: &Value) -> Result<String, String> {
     }
 }
 
-/// An integer from a JSON number or a decimal string.
+/// An integer field as golang/protobuf's jsonpb reads it: a quoted value has its quotes
+/// dropped and the rest is read by Go's `json.Unmarshal`, like an unquoted one: a number that is
+/// no integer of the type, and any other kind of value, fails with Go's message; `null` is 0.
 fn int<T: TryFrom<i128> + std::str::FromStr>(v: &Value, go_type: &str) -> Result<T, String> {
-    let parsed = match v {
-        Value::Number(n) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)),
-        Value::String(s) => s.parse::<i128>().ok(),
-        _ => None,
+    let wrong = |kind: &str| format!("json: cannot unmarshal {kind} into Go value of type {go_type}");
+    let number = |literal: &str, n: Option<&serde_json::Number>| {
+        n.and_then(|n| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)))
+            .and_then(|i| T::try_from(i).ok())
+            .ok_or_else(|| wrong(&format!("number {literal}")))
     };
-    parsed
-        .and_then(|i| T::try_from(i).ok())
-        .ok_or_else(|| format!("json: cannot unmarshal {v} into Go value of type {go_type}"))
+    match v {
+        Value::Number(n) => number(&n.to_string(), Some(n)),
+        Value::String(s) => {
+            let end = match super::syntax::go_scan(s.as_bytes()) {
+                Ok(0) => return Err("unexpected end of JSON input".to_string()),
+                Ok(end) => end,
+                Err(e) if e == "unexpected EOF" => return Err("unexpected end of JSON input".to_string()),
+                Err(e) => return Err(e),
+            };
+            if let Some(c) = s.as_bytes()[end..].iter().find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+                return Err(format!(
+                    "invalid character {} after top-level value",
+                    super::syntax::quote_char(*c)
+                ));
+            }
+            let text = s[..end].trim_start_matches([' ', '\t', '\n', '\r']);
+            match serde_json::from_str::<Value>(text) {
+                Ok(Value::Number(n)) => number(text, Some(&n)),
+                Ok(Value::Null) => T::try_from(0).map_err(|_| wrong("null")),
+                Ok(other) => Err(wrong(go_kind(&other))),
+                // What Go reads but serde does not: a number beyond f64.
+                Err(_) => number(text, None),
+            }
+        }
+        other => Err(wrong(go_kind(other))),
+    }
 }
 
 fn enum_value(v: &Value, enum_name: &str, by_name: fn(&str) -> Option<i32>) -> Result<i32, String> {

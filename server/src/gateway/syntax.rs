@@ -222,7 +222,7 @@ impl Scanner<'_> {
 
 /// A byte as Go's JSON errors quote it: the character (the byte taken as a code point) in
 /// single quotes, escaped as Go's `strconv.Quote` escapes what is not printable.
-fn quote_char(c: u8) -> String {
+pub(crate) fn quote_char(c: u8) -> String {
     match c {
         b'\'' => "'\\''".to_string(),
         b'"' => "'\"'".to_string(),
