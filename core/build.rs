@@ -8,6 +8,7 @@ fn main() {
     config.bytes(["."]);
     // Written by hand (src/pb/nested_txn.rs): nested txns decode as deep as etcd takes them.
     config.extern_path(".etcdserverpb.RequestOp", "crate::pb::nested_txn::RequestOp");
+    config.extern_path(".etcdserverpb.ResponseOp", "crate::pb::nested_txn::ResponseOp");
     let protos = [
         "proto/mvccpb/kv.proto",
         "proto/authpb/auth.proto",

@@ -75,3 +75,37 @@ fn deeper_than_the_bound_fails_alike_and_leaves_nothing_behind() {
         assert_eq!(TxnRequest::decode(t.encode_to_vec().as_slice()).unwrap(), t);
     });
 }
+
+/// The answer to a deeply nested txn decodes too (Keel's own clients read it; Go's clients do
+/// with etcd), to the same bound.
+#[test]
+fn nested_answers_decode_to_the_bound() {
+    use keel_core::pb::etcdserverpb::{response_op, RangeResponse, ResponseOp, TxnResponse};
+    on_a_worker_stack(|| {
+        let answer = |depth: u32| {
+            let mut t = TxnResponse {
+                succeeded: true,
+                responses: vec![ResponseOp {
+                    response: Some(response_op::Response::ResponseRange(RangeResponse {
+                        count: 1,
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            };
+            for _ in 1..depth {
+                t = TxnResponse {
+                    succeeded: true,
+                    responses: vec![ResponseOp { response: Some(response_op::Response::ResponseTxn(t)) }],
+                    ..Default::default()
+                };
+            }
+            t
+        };
+        for depth in [1, 50, 128, TXN_NESTING_MAX] {
+            let t = answer(depth);
+            assert_eq!(TxnResponse::decode(t.encode_to_vec().as_slice()).unwrap(), t, "depth {depth}");
+        }
+        assert!(TxnResponse::decode(answer(TXN_NESTING_MAX + 1).encode_to_vec().as_slice()).is_err());
+    });
+}

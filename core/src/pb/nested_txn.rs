@@ -1,5 +1,5 @@
-//! `etcdserverpb.RequestOp`, written by hand so that nested transactions decode as deep as
-//! etcd takes them.
+//! `etcdserverpb.RequestOp` and `ResponseOp`, written by hand so that nested transactions (and
+//! their answers) decode as deep as etcd takes them.
 //!
 //! prost stops any decode at 100 nested messages, and every level of a nested txn is two
 //! messages (`RequestOp` and `TxnRequest`), so a generated `RequestOp` refuses a txn nested
@@ -8,14 +8,18 @@
 //! takes nesting bounded only by `--max-txn-ops` (at most 128 levels by default: each level
 //! spends at least one op of the budget).
 //!
-//! Here the nested `TxnRequest` of a `RequestOp` (field 4) is decoded as a message of its own,
+//! Here the nested `TxnRequest` of a `RequestOp` (field 4) — likewise the nested `TxnResponse`
+//! of a `ResponseOp`, so that Keel's own clients read the answer — is decoded as a message of its own,
 //! with a fresh prost budget, while a per-thread count bounds the txn nesting at
 //! [`TXN_NESTING_MAX`]. The bound is the same wherever a txn is decoded — the gRPC request,
 //! the log entry at apply, the WAL on restart — because it counts txn levels, not the messages
 //! around them; and it keeps decoding (which recurses) well inside a thread's stack. The wire
 //! format is the generated one's, byte for byte.
 
-use super::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest};
+use super::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
+};
 use bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::DecodeError;
@@ -60,49 +64,15 @@ impl Drop for DepthGuard {
     }
 }
 
-#[derive(Clone, PartialEq, Default)]
-pub struct RequestOp {
-    pub request: Option<request_op::Request>,
-}
-
-pub mod request_op {
-    use super::*;
-
-    #[derive(Clone, PartialEq)]
-    pub enum Request {
-        RequestRange(RangeRequest),
-        RequestPut(PutRequest),
-        RequestDeleteRange(DeleteRangeRequest),
-        RequestTxn(TxnRequest),
-    }
-
-    impl std::fmt::Debug for Request {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            match self {
-                Request::RequestRange(r) => f.debug_tuple("RequestRange").field(r).finish(),
-                Request::RequestPut(r) => f.debug_tuple("RequestPut").field(r).finish(),
-                Request::RequestDeleteRange(r) => f.debug_tuple("RequestDeleteRange").field(r).finish(),
-                Request::RequestTxn(r) => f.debug_tuple("RequestTxn").field(r).finish(),
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for RequestOp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestOp").field("request", &self.request).finish()
-    }
-}
-
-/// Merges a length-delimited message field into `value`, taking the variant's place in the
-/// oneof (a repeated field of the same variant merges, as protobuf's oneof rule says).
-fn merge_variant<M: prost::Message + Default>(
-    slot: &mut Option<request_op::Request>,
+/// Merges a length-delimited message field into the oneof's variant (a repeated field of the
+/// same variant merges, as protobuf's oneof rule says).
+fn merge_variant<M: prost::Message + Default, V>(
+    slot: &mut Option<V>,
     wire_type: WireType,
     buf: &mut impl Buf,
     ctx: DecodeContext,
-    get: fn(&mut request_op::Request) -> Option<&mut M>,
-    make: fn(M) -> request_op::Request,
+    get: fn(&mut V) -> Option<&mut M>,
+    make: fn(M) -> V,
 ) -> Result<(), DecodeError> {
     if let Some(existing) = slot.as_mut().and_then(get) {
         return encoding::message::merge(wire_type, existing, buf, ctx);
@@ -113,104 +83,184 @@ fn merge_variant<M: prost::Message + Default>(
     Ok(())
 }
 
-impl prost::Message for RequestOp {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        use request_op::Request::*;
-        match &self.request {
-            Some(RequestRange(m)) => encoding::message::encode(1, m, buf),
-            Some(RequestPut(m)) => encoding::message::encode(2, m, buf),
-            Some(RequestDeleteRange(m)) => encoding::message::encode(3, m, buf),
-            Some(RequestTxn(m)) => encoding::message::encode(4, m, buf),
-            None => {}
-        }
+/// Merges a nested txn (field 4) with a fresh prost budget: its depth is counted by the guard.
+/// As `Bytes` (a slice, not a copy, when the input is `Bytes`), so every level decodes through
+/// the same code rather than a new type per level.
+fn merge_nested<M: prost::Message + Default, V>(
+    slot: &mut Option<V>,
+    wire_type: WireType,
+    buf: &mut impl Buf,
+    get: fn(&mut V) -> Option<&mut M>,
+    make: fn(M) -> V,
+) -> Result<(), DecodeError> {
+    encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+    let len = encoding::decode_varint(buf)?;
+    if len > buf.remaining() as u64 {
+        return Err(decode_error("buffer underflow".into()));
     }
+    let _depth = DepthGuard::enter()?;
+    let nested = buf.copy_to_bytes(len as usize);
+    if let Some(existing) = slot.as_mut().and_then(get) {
+        return existing.merge(nested);
+    }
+    let mut owned = M::default();
+    owned.merge(nested)?;
+    *slot = Some(make(owned));
+    Ok(())
+}
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        use request_op::Request;
-        let result = match tag {
-            1 => merge_variant(
-                &mut self.request,
-                wire_type,
-                buf,
-                ctx,
-                |r| match r {
-                    Request::RequestRange(m) => Some(m),
-                    _ => None,
-                },
-                Request::RequestRange,
-            ),
-            2 => merge_variant(
-                &mut self.request,
-                wire_type,
-                buf,
-                ctx,
-                |r| match r {
-                    Request::RequestPut(m) => Some(m),
-                    _ => None,
-                },
-                Request::RequestPut,
-            ),
-            3 => merge_variant(
-                &mut self.request,
-                wire_type,
-                buf,
-                ctx,
-                |r| match r {
-                    Request::RequestDeleteRange(m) => Some(m),
-                    _ => None,
-                },
-                Request::RequestDeleteRange,
-            ),
-            4 => {
-                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let len = encoding::decode_varint(buf)?;
-                if len > buf.remaining() as u64 {
-                    return Err(decode_error("buffer underflow".into()));
-                }
-                let _depth = DepthGuard::enter()?;
-                // A fresh prost budget for the nested txn: its depth is counted by the guard. As
-                // `Bytes` (a slice, not a copy, when the input is `Bytes`), so every level decodes
-                // through the same code rather than a new type per level.
-                let nested = buf.copy_to_bytes(len as usize);
-                match &mut self.request {
-                    Some(Request::RequestTxn(existing)) => existing.merge(nested),
-                    slot => {
-                        let mut owned = TxnRequest::default();
-                        owned.merge(nested)?;
-                        *slot = Some(Request::RequestTxn(owned));
-                        Ok(())
+/// One of the two op types: the struct with its oneof field, the oneof module and enum, and
+/// their protobuf encoding (fields 1-3 as generated code does them, field 4 the nested txn).
+macro_rules! op_type {
+    ($ty:ident, $module:ident, $enum:ident, $field:ident, $name:literal,
+     $v1:ident($t1:ty), $v2:ident($t2:ty), $v3:ident($t3:ty), $v4:ident($t4:ty)) => {
+        #[derive(Clone, PartialEq, Default)]
+        pub struct $ty {
+            pub $field: Option<$module::$enum>,
+        }
+
+        pub mod $module {
+            use super::*;
+
+            #[derive(Clone, PartialEq)]
+            pub enum $enum {
+                $v1($t1),
+                $v2($t2),
+                $v3($t3),
+                $v4($t4),
+            }
+
+            impl std::fmt::Debug for $enum {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    match self {
+                        $enum::$v1(r) => f.debug_tuple(stringify!($v1)).field(r).finish(),
+                        $enum::$v2(r) => f.debug_tuple(stringify!($v2)).field(r).finish(),
+                        $enum::$v3(r) => f.debug_tuple(stringify!($v3)).field(r).finish(),
+                        $enum::$v4(r) => f.debug_tuple(stringify!($v4)).field(r).finish(),
                     }
                 }
             }
-            _ => return encoding::skip_field(wire_type, tag, buf, ctx),
-        };
-        result.map_err(|mut e| {
-            e.push("RequestOp", "request");
-            e
-        })
-    }
-
-    fn encoded_len(&self) -> usize {
-        use request_op::Request::*;
-        match &self.request {
-            Some(RequestRange(m)) => encoding::message::encoded_len(1, m),
-            Some(RequestPut(m)) => encoding::message::encoded_len(2, m),
-            Some(RequestDeleteRange(m)) => encoding::message::encoded_len(3, m),
-            Some(RequestTxn(m)) => encoding::message::encoded_len(4, m),
-            None => 0,
         }
-    }
 
-    fn clear(&mut self) {
-        self.request = None;
-    }
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct($name).field(stringify!($field), &self.$field).finish()
+            }
+        }
+
+        impl prost::Message for $ty {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                use $module::$enum::*;
+                match &self.$field {
+                    Some($v1(m)) => encoding::message::encode(1, m, buf),
+                    Some($v2(m)) => encoding::message::encode(2, m, buf),
+                    Some($v3(m)) => encoding::message::encode(3, m, buf),
+                    Some($v4(m)) => encoding::message::encode(4, m, buf),
+                    None => {}
+                }
+            }
+
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), DecodeError> {
+                use $module::$enum;
+                let slot = &mut self.$field;
+                let result = match tag {
+                    1 => merge_variant(
+                        slot,
+                        wire_type,
+                        buf,
+                        ctx,
+                        |v| match v {
+                            $enum::$v1(m) => Some(m),
+                            _ => None,
+                        },
+                        $enum::$v1,
+                    ),
+                    2 => merge_variant(
+                        slot,
+                        wire_type,
+                        buf,
+                        ctx,
+                        |v| match v {
+                            $enum::$v2(m) => Some(m),
+                            _ => None,
+                        },
+                        $enum::$v2,
+                    ),
+                    3 => merge_variant(
+                        slot,
+                        wire_type,
+                        buf,
+                        ctx,
+                        |v| match v {
+                            $enum::$v3(m) => Some(m),
+                            _ => None,
+                        },
+                        $enum::$v3,
+                    ),
+                    4 => merge_nested(
+                        slot,
+                        wire_type,
+                        buf,
+                        |v| match v {
+                            $enum::$v4(m) => Some(m),
+                            _ => None,
+                        },
+                        $enum::$v4,
+                    ),
+                    _ => return encoding::skip_field(wire_type, tag, buf, ctx),
+                };
+                result.map_err(|mut e| {
+                    e.push($name, stringify!($field));
+                    e
+                })
+            }
+
+            fn encoded_len(&self) -> usize {
+                use $module::$enum::*;
+                match &self.$field {
+                    Some($v1(m)) => encoding::message::encoded_len(1, m),
+                    Some($v2(m)) => encoding::message::encoded_len(2, m),
+                    Some($v3(m)) => encoding::message::encoded_len(3, m),
+                    Some($v4(m)) => encoding::message::encoded_len(4, m),
+                    None => 0,
+                }
+            }
+
+            fn clear(&mut self) {
+                self.$field = None;
+            }
+        }
+    };
 }
+
+op_type!(
+    RequestOp,
+    request_op,
+    Request,
+    request,
+    "RequestOp",
+    RequestRange(RangeRequest),
+    RequestPut(PutRequest),
+    RequestDeleteRange(DeleteRangeRequest),
+    RequestTxn(TxnRequest)
+);
+op_type!(
+    ResponseOp,
+    response_op,
+    Response,
+    response,
+    "ResponseOp",
+    ResponseRange(RangeResponse),
+    ResponsePut(PutResponse),
+    ResponseDeleteRange(DeleteRangeResponse),
+    ResponseTxn(TxnResponse)
+);
 
 #[cfg(test)]
 mod tests {
