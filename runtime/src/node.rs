@@ -520,6 +520,9 @@ struct Driver<D: Dir, F: PageFile> {
     /// Read batches whose read point is known, waiting for the applied index to reach it.
     reads_by_index: BTreeMap<u64, Vec<RangeReply>>,
     pending_reads: usize,
+    /// Peer messages Raft refused as no honest member's: each of the first few is logged, then
+    /// every thousandth, so that a flood cannot flood the log.
+    refused_peer_messages: u64,
     next_seq: u64,
     hub: WatchHub,
     /// This member's monotonic clock, for lease expiry (never replicated).
@@ -587,6 +590,7 @@ pub fn spawn<D: Dir + 'static, F: PageFile + 'static>(
         read_issued: HashMap::new(),
         reads_by_index: BTreeMap::new(),
         pending_reads: 0,
+        refused_peer_messages: 0,
         next_seq: 0,
         hub: WatchHub::new(),
         started: tokio::time::Instant::now(),
@@ -721,7 +725,11 @@ impl<D: Dir, F: PageFile + 'static> Driver<D, F> {
                     let (from, msg_type) = (m.from, m.msg_type);
                     match self.node.step(m) {
                         Err(e @ ProposeError::BadMessage(_)) => {
-                            tracing::warn!(from = %format!("{from:x}"), msg_type, error = %e, "peer message refused")
+                            self.refused_peer_messages += 1;
+                            let n = self.refused_peer_messages;
+                            if n <= 10 || n.is_multiple_of(1000) {
+                                tracing::warn!(from = %format!("{from:x}"), msg_type, error = %e, refused = n, "peer message refused")
+                            }
                         }
                         Err(e) => tracing::debug!(error = %e, "peer message refused"),
                         Ok(()) => {}

@@ -87,10 +87,15 @@ fn check_sender(node: &NodeHandle, cluster_id: u64, from: u64, to: u64) -> Resul
     Ok(())
 }
 
-/// Logs a refused peer request with who sent it.
+/// Logs a refused peer request with who sent it: the first few, then every thousandth (with
+/// the count), so that a flood of them cannot flood the log.
 fn refused(remote: Option<std::net::SocketAddr>, from: u64, e: Status) -> Status {
-    let remote = remote.map_or_else(|| "unknown".to_string(), |a| a.to_string());
-    tracing::warn!(%remote, from = %format!("{from:x}"), error = %e.message(), "peer request refused");
+    static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n <= 10 || n.is_multiple_of(1000) {
+        let remote = remote.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        tracing::warn!(%remote, from = %format!("{from:x}"), error = %e.message(), refused = n, "peer request refused");
+    }
     e
 }
 
