@@ -7,6 +7,7 @@
 mod common;
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use jepsen::{free_port, Proc};
 use prost::Message as _;
 use server::pb::etcdserverpb::kv_client::KvClient;
@@ -194,6 +195,9 @@ fn poison_requests_and_peer_messages_leave_every_member_serving() {
         // Past Keel's decode bound: an error, and nothing else.
         assert!(kv.txn(nested_txn(300, true)).await.is_err());
         all_serving(&mut members, "deeply nested txns").await;
+
+        client_port_answers(&members).await;
+        all_serving(&mut members, "hostile client requests").await;
 
         // Peer port: from an id that is not a member, every kind of message is refused (by
         // Raft, which logs it): nothing changes.
@@ -454,4 +458,133 @@ async fn quiet(members: &[Member]) {
         assert!(Instant::now() < deadline, "the members never agreed on their last index: {indexes:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The client-port answers that differed from etcd 3.5.1's (issue 19), each sent through a
+/// different member of the three: answered as etcd answers it (the same requests are compared
+/// with a real etcd side by side in `hostile_client.rs`).
+async fn client_port_answers(members: &[Member]) {
+    use server::pb::etcdserverpb::watch_client::WatchClient;
+    use server::pb::etcdserverpb::{compare, watch_request, Compare, WatchCreateRequest, WatchRequest};
+    let via = |i: usize| url(members[i % members.len()].client);
+    let range = |k: &str| RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: k.to_string().into(),
+            ..Default::default()
+        })),
+    };
+    let expect_err =
+        |r: Result<tonic::Response<_>, tonic::Status>, code: tonic::Code, msg: &str, what: &str| {
+            let e: tonic::Status = match r {
+                Ok(resp) => {
+                    let _: tonic::Response<server::pb::etcdserverpb::TxnResponse> = resp;
+                    panic!("{what}: accepted")
+                }
+                Err(e) => e,
+            };
+            assert_eq!((e.code(), e.message()), (code, msg), "{what}");
+        };
+
+    // An empty op anywhere in a txn.
+    let mut kv = KvClient::connect(via(0)).await.unwrap();
+    let empty = TxnRequest { success: vec![range("k"), RequestOp::default()], ..Default::default() };
+    expect_err(kv.txn(empty).await, tonic::Code::InvalidArgument, "etcdserver: key not found", "empty op");
+    // The op budget across nesting levels: 100 ops holding a txn of 29 is over 128.
+    let nested_ops = |inner: usize| {
+        let mut success: Vec<RequestOp> = (0..99).map(|i| range(&format!("o{i}"))).collect();
+        let inner = TxnRequest {
+            success: (0..inner).map(|i| range(&format!("i{i}"))).collect(),
+            ..Default::default()
+        };
+        success.push(RequestOp { request: Some(request_op::Request::RequestTxn(inner)) });
+        TxnRequest { success, ..Default::default() }
+    };
+    let mut kv = KvClient::connect(via(1)).await.unwrap();
+    expect_err(
+        kv.txn(nested_ops(29)).await,
+        tonic::Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+        "nested op budget",
+    );
+    assert!(kv.txn(nested_ops(28)).await.is_ok(), "28 nested ops under 100 fit the budget");
+    // A compare whose target is out of range compares as equal.
+    let odd = TxnRequest {
+        compare: vec![Compare {
+            key: "k".into(),
+            target: 99,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Version(0)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut kv = KvClient::connect(via(2)).await.unwrap();
+    assert!(kv.txn(odd).await.unwrap().get_ref().succeeded, "an out-of-range compare target compares equal");
+    // count_only with a limit: no `more`.
+    for k in ["cnt/a", "cnt/b", "cnt/c"] {
+        kv.put(PutRequest { key: k.into(), value: "v".into(), ..Default::default() }).await.unwrap();
+    }
+    let counted = kv
+        .range(RangeRequest {
+            key: "cnt/".into(),
+            range_end: "cnt0".into(),
+            count_only: true,
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((counted.count, counted.more, counted.kvs.len()), (3, false, 0));
+    // A sort target out of range (etcd 3.5.1 crashes on it): refused.
+    let e = kv
+        .range(RangeRequest {
+            key: "cnt/".into(),
+            range_end: "cnt0".into(),
+            sort_order: 1,
+            sort_target: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // Too large: over the gRPC bound (ResourceExhausted), and over the replicated bound.
+    let mut kv = KvClient::connect(via(0)).await.unwrap();
+    let huge = PutRequest { key: "big".into(), value: vec![b'x'; 2 << 20].into(), ..Default::default() };
+    let e = kv.put(huge).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    let big = PutRequest { key: "big".into(), value: vec![b'x'; 1572864].into(), ..Default::default() };
+    let e = kv.put(big).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "etcdserver: request is too large"));
+
+    // Watches: a range that ends at or before its key, and a live watch id reused.
+    let mut w = WatchClient::connect(via(1)).await.unwrap();
+    let create = |key: &str, end: &str, id: i64| WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_string().into(),
+            range_end: end.to_string().into(),
+            watch_id: id,
+            ..Default::default()
+        })),
+    };
+    let requests = vec![create("m", "a", 0), create("k", "", 5), create("j", "", 5)];
+    let mut stream = w
+        .watch(futures::stream::iter(requests).chain(futures::stream::pending()))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r =
+            tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+        answers.push((r.watch_id, r.created, r.canceled, r.cancel_reason));
+    }
+    assert_eq!(
+        answers,
+        vec![
+            (-1, true, true, "mvcc: watcher range is empty".to_string()),
+            (5, true, false, String::new()),
+            (-1, true, true, "mvcc: duplicate watch ID provided on the WatchStream".to_string()),
+        ]
+    );
 }
