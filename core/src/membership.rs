@@ -140,7 +140,12 @@ impl Membership {
             return Err(MemberError::UnknownChange(cc.change_type));
         };
         match change {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if cc.promote => {
+            // A promotion is an AddNode (Raft makes the learner a voter); as an AddLearnerNode
+            // the table and Raft would disagree, so it is refused.
+            ConfChangeType::AddLearnerNode if cc.promote => {
+                return Err(MemberError::UnknownChange(cc.change_type))
+            }
+            ConfChangeType::AddNode if cc.promote => {
                 let m = self.members.get_mut(&id).ok_or(MemberError::NotFound)?;
                 if !m.is_learner {
                     return Err(MemberError::NotLearner);

@@ -28,6 +28,18 @@ pub fn entry_decodes(e: &Entry) -> bool {
     e.data.is_empty() || Request::decode(e.data.clone()).is_ok()
 }
 
+/// Whether a snapshot's data (a `FullImage`) is the state at the index, term and configuration
+/// its metadata names. Raft refuses a peer's snapshot that is not
+/// ([`crate::raft::Config::snapshot_check`]): installing it would replace this member's state
+/// with a state at another point of the log. Reads the state record only.
+pub fn snapshot_matches(snap: &crate::pb::keelpb::Snapshot) -> bool {
+    let Some(meta) = &snap.metadata else { return false };
+    let Ok(header) = crate::pb::keelpb::FullImageHeader::decode(snap.data.clone()) else { return false };
+    header.state.is_some_and(|s| {
+        s.applied_index == meta.index && s.applied_term == meta.term && s.conf_state == meta.conf_state
+    })
+}
+
 /// The reply to one applied client write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteResponse {

@@ -12,6 +12,7 @@ use support::Network;
 fn cfg() -> Config {
     let mut c = Config::new(1, 0);
     c.proposal_check = Some(keel_core::state_machine::entry_decodes);
+    c.snapshot_check = Some(keel_core::state_machine::snapshot_matches);
     c
 }
 
@@ -77,13 +78,13 @@ fn forged_messages_are_refused_and_change_nothing() {
                 reject_hint: huge,
                 ..msg(MessageType::MsgAppResp, 2, 1, term)
             },
-            "past the end",
+            "index out of range",
         ),
         // Appends whose entries do not follow their index, or whose terms are out of order.
         (
             2,
             Message { index: huge, entries: vec![entry(0, term)], ..msg(MessageType::MsgApp, 1, 2, term) },
-            "not contiguous",
+            "index out of range",
         ),
         (
             2,
@@ -125,6 +126,42 @@ fn forged_messages_are_refused_and_change_nothing() {
                 ..msg(MessageType::MsgSnap, 1, 2, term)
             },
             "out of range",
+        ),
+        // Indexes past any reachable one (`index + 1` would overflow further on).
+        (
+            2,
+            Message {
+                index: keel_core::raft::INDEX_MAX,
+                log_term: 1,
+                entries: vec![entry(keel_core::raft::INDEX_MAX + 1, term)],
+                ..msg(MessageType::MsgApp, 1, 2, term)
+            },
+            "index out of range",
+        ),
+        (2, Message { index: huge - 1, ..msg(MessageType::MsgHeartbeat, 1, 2, term) }, "index out of range"),
+        (
+            2,
+            Message {
+                snapshot: Some(Snapshot {
+                    metadata: Some(SnapshotMetadata { index: huge, term, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..msg(MessageType::MsgSnap, 1, 2, term)
+            },
+            "out of range",
+        ),
+        // A snapshot whose data is not the state its metadata names (it would replace the
+        // member's state with another point of the log).
+        (
+            2,
+            Message {
+                snapshot: Some(Snapshot {
+                    metadata: Some(SnapshotMetadata { index: 100, term, ..Default::default() }),
+                    data: vec![0x0a, 0x02, 0x08, 0x05].into(), // a state record at index 5
+                }),
+                ..msg(MessageType::MsgSnap, 1, 2, term)
+            },
+            "not the state its metadata names",
         ),
         // A proposal without entries, or whose entries the state machine could not decode (a
         // request of garbage bytes, a configuration change of an unknown type).

@@ -16,6 +16,7 @@ fn node(id: u64) -> RawNode<MemStorage> {
     store.set_conf_state(ConfState { voters: vec![1, 2, 3], learners: vec![] });
     let mut cfg = Config::new(id, id);
     cfg.proposal_check = Some(entry_decodes);
+    cfg.snapshot_check = Some(keel_core::state_machine::snapshot_matches);
     RawNode::new(&cfg, store)
 }
 

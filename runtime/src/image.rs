@@ -191,9 +191,15 @@ impl<F: PageFile> Image<F> {
 
     /// Replaces the image with a leader's (a Raft snapshot's data), durably, and returns the
     /// state machine it stands for.
-    pub fn install(&self, data: &[u8], lease_config: LessorConfig) -> Result<Loaded, ImageError> {
+    /// Refused before anything is written if the data is not the state `expected` names.
+    pub fn install(
+        &self,
+        data: &[u8],
+        expected: &SnapshotMetadata,
+        lease_config: LessorConfig,
+    ) -> Result<Loaded, ImageError> {
         let mut inner = self.lock();
-        let result = inner.install(data, lease_config);
+        let result = inner.install(data, expected, lease_config);
         self.figures.publish(&inner);
         result
     }
@@ -355,9 +361,26 @@ impl<F: PageFile> Inner<F> {
         Ok((bytes, meta))
     }
 
-    fn install(&mut self, data: &[u8], lease_config: LessorConfig) -> Result<Loaded, ImageError> {
+    fn install(
+        &mut self,
+        data: &[u8],
+        expected: &SnapshotMetadata,
+        lease_config: LessorConfig,
+    ) -> Result<Loaded, ImageError> {
         let full = FullImage::decode(data).map_err(|e| invalid("from the leader", e))?;
         let state = full.state.ok_or_else(|| invalid("from the leader", "no state record"))?;
+        if state.applied_index != expected.index
+            || state.applied_term != expected.term
+            || state.conf_state != expected.conf_state
+        {
+            return Err(invalid(
+                "from the leader",
+                format!(
+                    "state at {}/{}, the snapshot names {}/{}",
+                    state.applied_term, state.applied_index, expected.term, expected.index
+                ),
+            ));
+        }
         let keys: Vec<(Bytes, KeyHistoryImage)> =
             full.keys.into_iter().map(|k| (k.key, k.history.unwrap_or_default())).collect();
         let sm = StateMachine::restore(lease_config, &state, keys.iter().cloned())

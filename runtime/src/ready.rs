@@ -66,9 +66,8 @@ pub fn handle_ready<D: Dir, F: PageFile>(
     // records the new starting point, before anything after it is appended.
     let mut installed = None;
     if let Some(snap) = &rd.snapshot {
-        let loaded = storage.image.install(&snap.data, *sm.lessor.config())?;
         let meta = snap.metadata.clone().expect("a snapshot has metadata");
-        assert_eq!(loaded.meta.index, meta.index, "the snapshot's data is the state at its index");
+        let loaded = storage.image.install(&snap.data, &meta, *sm.lessor.config())?;
         storage.wal.append_snapshot(&meta);
         installed = Some(meta.index);
         *sm = loaded.sm;

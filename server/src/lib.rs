@@ -99,6 +99,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let mut raft = keel_core::raft::Config::new(member_id, seed_from_clock());
     raft.election_ticks = (config.election_timeout / heartbeat_ms).max(2) as u32;
     raft.proposal_check = Some(keel_core::state_machine::entry_decodes);
+    raft.snapshot_check = Some(keel_core::state_machine::snapshot_matches);
     let election_ticks = raft.election_ticks as u64;
     let lease_config = keel_core::lease::LessorConfig {
         min_ttl_secs: keel_core::lease::min_ttl_secs(election_ticks, heartbeat_ms),

@@ -238,7 +238,12 @@ pub fn restore(file: &Path, opts: &RestoreOptions) -> Result<(), RestoreError> {
     std::fs::create_dir_all(&snap_dir).map_err(write_err(&snap_dir))?;
     let db_path = snap_dir.join("db");
     let img = Image::open(FileBackend::open(&db_path).map_err(write_err(&db_path))?)?;
-    img.install(&image.encode_to_vec(), keel_core::lease::LessorConfig::default())?;
+    let meta = keel_core::pb::keelpb::SnapshotMetadata {
+        conf_state: Some(conf_state.clone()),
+        index: state.applied_index,
+        term: state.applied_term,
+    };
+    img.install(&image.encode_to_vec(), &meta, keel_core::lease::LessorConfig::default())?;
     drop(image);
     FsDir::open(&snap_dir)
         .and_then(|mut d| runtime::backend::Dir::sync(&mut d))

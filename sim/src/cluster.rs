@@ -533,6 +533,7 @@ impl Cluster {
         let mut cfg = Config::new(id, self.rng.random());
         cfg.election_ticks = 10;
         cfg.proposal_check = Some(keel_core::state_machine::entry_decodes);
+        cfg.snapshot_check = Some(keel_core::state_machine::snapshot_matches);
         cfg.msg_bytes_max = self.faults.msg_bytes_max;
         let wal_options = WalOptions { segment_bytes: self.faults.wal_segment_bytes };
         // Crashes damage only what was never synced, so recovery must always succeed: a WAL

@@ -18,7 +18,7 @@ mod storage;
 
 pub use errors::{ProposeError, StepError, StorageError};
 pub use progress::{Progress, ProgressState};
-pub use protocol::{Config, StateRole, TERM_MAX};
+pub use protocol::{Config, StateRole, INDEX_MAX, TERM_MAX};
 pub use raw_node::{RawNode, ReadState, Ready, SoftState};
 pub use storage::{bootstrap, MemStorage, Storage};
 

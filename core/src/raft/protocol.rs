@@ -25,6 +25,9 @@ const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
 /// forged term of `u64::MAX` would otherwise stop every election for good.
 pub const TERM_MAX: u64 = 1 << 62;
 
+/// Likewise the highest log index a peer's message may name: `index + 1` never overflows.
+pub const INDEX_MAX: u64 = 1 << 62;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateRole {
     Follower,
@@ -66,6 +69,9 @@ pub struct Config {
     /// does not is refused before it reaches the log. Raft does not know what entries mean, so
     /// the driver says (Keel's: [`crate::state_machine::entry_decodes`]); `None` takes any.
     pub proposal_check: Option<fn(&Entry) -> bool>,
+    /// Likewise for a peer's snapshot: whether its data is the state its metadata names (Keel's:
+    /// [`crate::state_machine::snapshot_matches`]); `None` takes any.
+    pub snapshot_check: Option<fn(&Snapshot) -> bool>,
 }
 
 impl Config {
@@ -85,6 +91,7 @@ impl Config {
             applied: 0,
             disable_proposal_forwarding: false,
             proposal_check: None,
+            snapshot_check: None,
         }
     }
 
@@ -579,6 +586,10 @@ impl<S: Storage> Raft<S> {
         if m.term > TERM_MAX {
             return Err("term out of range");
         }
+        let last_entry = m.index.checked_add(m.entries.len() as u64);
+        if last_entry.is_none_or(|i| i > INDEX_MAX) || m.commit > INDEX_MAX || m.reject_hint > INDEX_MAX {
+            return Err("index out of range");
+        }
         let termless = matches!(t, MsgProp | MsgReadIndex);
         if m.term == 0 && !termless {
             return Err("protocol message without a term");
@@ -615,8 +626,12 @@ impl<S: Storage> Raft<S> {
                     .as_ref()
                     .and_then(|s| s.metadata.as_ref())
                     .ok_or("snapshot without metadata")?;
-                if meta.index == 0 || meta.term == 0 || meta.term > m.term {
+                if meta.index == 0 || meta.index > INDEX_MAX || meta.term == 0 || meta.term > m.term {
                     return Err("snapshot metadata out of range");
+                }
+                let snap = m.snapshot.as_ref().expect("checked above");
+                if self.cfg.snapshot_check.is_some_and(|ok| !ok(snap)) {
+                    return Err("snapshot data is not the state its metadata names");
                 }
             }
             MsgAppResp => {
