@@ -348,6 +348,39 @@ fn poison_requests_and_peer_messages_leave_every_member_serving() {
         all_serving(&mut members, "a non-member's snapshot").await;
         let (_, _, leader_after) = status(members[0].client).await.unwrap();
         assert_eq!(leader_after, leader_before, "a non-member's snapshot changed the leader");
+
+        // Snapshots in the leader's name, at a higher term: one whose data is the state at
+        // another index than its metadata names (it once stopped the node task after wiping its
+        // image), and one at index u64::MAX (its `index + 1` overflowed).
+        let image = server::pb::keelpb::FullImage {
+            state: Some(server::pb::keelpb::StateImage {
+                applied_index: 5,
+                applied_term: 1,
+                ..Default::default()
+            }),
+            keys: Vec::new(),
+        }
+        .encode_to_vec();
+        for index in [1 << 40, u64::MAX] {
+            let forged = SnapshotChunk {
+                message: Some(Message {
+                    snapshot: Some(Snapshot {
+                        metadata: Some(SnapshotMetadata { index, term: 1, ..Default::default() }),
+                        data: Bytes::new(),
+                    }),
+                    ..message(MessageType::MsgSnap, leader, follower, 1 << 20)
+                }),
+                total_bytes: image.len() as u64,
+                data: image.clone().into(),
+                last: true,
+                crc32: crc32fast::hash(&image),
+                cluster_id,
+            };
+            c.send_snapshot(futures::stream::iter(vec![forged])).await.unwrap();
+        }
+        all_serving(&mut members, "forged snapshots in the leader's name").await;
+        let (_, _, leader_after) = status(members[0].client).await.unwrap();
+        assert_eq!(leader_after, leader_before, "a forged snapshot changed the leader");
     });
 
     // Every member restarts cleanly, with everything it acknowledged.
