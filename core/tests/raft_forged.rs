@@ -65,6 +65,20 @@ fn forged_messages_are_refused_and_change_nothing() {
         (1, msg(MessageType::MsgHup, 2, 1, term), "local message"),
         (1, msg(MessageType::MsgSnapStatus, 2, 1, term), "local message"),
         (1, Message { msg_type: 99, ..msg(MessageType::MsgApp, 2, 1, term) }, "unknown message type"),
+        // A forwarded proposal or read that carries a term (it would move the receiver's term).
+        (
+            2,
+            Message {
+                entries: vec![Entry { data: vec![].into(), ..Default::default() }],
+                ..msg(MessageType::MsgProp, 1, 2, term + 9)
+            },
+            "with a term",
+        ),
+        (
+            1,
+            Message { entries: vec![Entry::default()], ..msg(MessageType::MsgReadIndex, 2, 1, term + 9) },
+            "with a term",
+        ),
         // Votes without a term (they would be answered with term 0).
         (1, msg(MessageType::MsgPreVote, 2, 1, 0), "without a term"),
         (1, msg(MessageType::MsgVoteResp, 2, 1, 0), "without a term"),

@@ -590,9 +590,15 @@ impl<S: Storage> Raft<S> {
         if last_entry.is_none_or(|i| i > INDEX_MAX) || m.commit > INDEX_MAX || m.reject_hint > INDEX_MAX {
             return Err("index out of range");
         }
+        // Forwarded proposals and reads carry no term (they are not part of the protocol); one
+        // with a term would move this node's term before being refused (found by the
+        // `peer_batch` fuzzer).
         let termless = matches!(t, MsgProp | MsgReadIndex);
         if m.term == 0 && !termless {
             return Err("protocol message without a term");
+        }
+        if m.term != 0 && termless {
+            return Err("forwarded proposal or read with a term");
         }
         if m.entries.iter().any(|e| EntryType::try_from(e.entry_type).is_err()) {
             return Err("entry of unknown type");
