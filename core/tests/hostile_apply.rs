@@ -100,7 +100,14 @@ fn op() -> impl Strategy<Value = Option<Op>> {
     prop_oneof![
         Just(None),
         leaf().prop_map(|r| Some(match r {
-            request_op::Request::RequestRange(_) => Op::DeleteRange(DeleteRangeRequest::default()),
+            // A range is no log record (reads do not go through the log): its keys are deleted.
+            request_op::Request::RequestRange(r) => {
+                Op::DeleteRange(DeleteRangeRequest {
+                    key: r.key,
+                    range_end: r.range_end,
+                    prev_kv: r.keys_only,
+                })
+            }
             request_op::Request::RequestPut(p) => Op::Put(p),
             request_op::Request::RequestDeleteRange(d) => Op::DeleteRange(d),
             request_op::Request::RequestTxn(t) => Op::Txn(t),
